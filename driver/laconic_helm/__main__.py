@@ -1,0 +1,3 @@
+from laconic_helm.cli import main
+
+main()

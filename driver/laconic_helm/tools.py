@@ -1,0 +1,114 @@
+"""External tools the driver needs: where to find them and whether they work (`doctor`)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from dataclasses import dataclass
+
+from laconic_helm import proc
+from laconic_helm.errors import CommandError, ToolMissingError
+
+SUPPORTED_HELM_MAJORS = (3, 4)
+MIN_HELM3 = (3, 17)  # --take-ownership, used to adopt objects Helm did not create
+
+
+def tool_path(name: str) -> str:
+    """Returns the program to run for `name`; LACONIC_HELM_<NAME> overrides the PATH lookup."""
+    return os.environ.get(f"LACONIC_HELM_{name.upper().replace('-', '_')}", name)
+
+
+@dataclass(frozen=True)
+class ToolStatus:
+    name: str
+    required: bool
+    ok: bool
+    version: str | None
+    detail: str
+
+    def line(self) -> str:
+        mark = "✓" if self.ok else ("✗" if self.required else "-")
+        version = f" {self.version}" if self.version else ""
+        return f"{mark} {self.name}{version}: {self.detail}"
+
+
+_HOW_TO_INSTALL = {
+    "docker": "install Docker Engine (Debian: apt-get install docker.io containerd), start dockerd",
+    "kind": "install kind: go install sigs.k8s.io/kind@v0.33.0",
+    "helm": "install Helm 4.x or 3.17+ (a single static binary on PATH, or set LACONIC_HELM_HELM)",
+    "kubectl": "optional; install kubectl for manual inspection",
+}
+
+
+async def _version(argv: list[str]) -> str:
+    return (await proc.run(argv)).text.strip()
+
+
+async def _check(name: str, required: bool, argv: list[str]) -> ToolStatus:
+    try:
+        version = await _version(argv)
+    except ToolMissingError:
+        return ToolStatus(name, required, False, None, f"not found; {_HOW_TO_INSTALL[name]}")
+    except CommandError as exc:
+        return ToolStatus(name, required, False, None, f"does not work ({exc.message})")
+    return ToolStatus(name, required, True, version, "found")
+
+
+def helm_major_minor(version: str) -> tuple[int, int] | None:
+    match = re.match(r"v?(\d+)\.(\d+)", version)
+    return (int(match[1]), int(match[2])) if match else None
+
+
+async def check_helm() -> ToolStatus:
+    status = await _check(
+        "helm", True, [tool_path("helm"), "version", "--template", "{{.Version}}"]
+    )
+    if not status.ok or status.version is None:
+        return status
+    mm = helm_major_minor(status.version)
+    if mm is None or mm[0] not in SUPPORTED_HELM_MAJORS or (mm[0] == 3 and mm < MIN_HELM3):
+        return ToolStatus("helm", True, False, status.version, _HOW_TO_INSTALL["helm"])
+    return ToolStatus("helm", True, True, status.version, f"Helm {mm[0]}")
+
+
+async def check_docker() -> ToolStatus:
+    client = await _check(
+        "docker", True, [tool_path("docker"), "version", "--format", "{{.Client.Version}}"]
+    )
+    if not client.ok:
+        # `docker version` exits non-zero when the daemon is down but the client is present.
+        try:
+            await _version([tool_path("docker"), "--version"])
+        except (ToolMissingError, CommandError):
+            return client
+        return ToolStatus("docker", True, False, None, "client found, daemon not answering")
+    server = await proc.run(
+        [tool_path("docker"), "info", "--format", "{{.ServerVersion}}"], check=False
+    )
+    if server.returncode != 0 or not server.text.strip():
+        return ToolStatus("docker", True, False, client.version, "daemon not answering")
+    return ToolStatus("docker", True, True, client.version, f"daemon {server.text.strip()}")
+
+
+async def check_kind() -> ToolStatus:
+    status = await _check("kind", True, [tool_path("kind"), "version"])
+    if status.ok and status.version:
+        found = re.search(r"v\d+\.\d+\.\d+", status.version)
+        return ToolStatus("kind", True, True, found[0] if found else status.version, "found")
+    return status
+
+
+async def check_kubectl() -> ToolStatus:
+    status = await _check(
+        "kubectl", False, [tool_path("kubectl"), "version", "--client", "-o", "json"]
+    )
+    if status.ok and status.version:
+        found = re.search(r'"gitVersion":\s*"([^"]+)"', status.version)
+        return ToolStatus("kubectl", False, True, found[1] if found else None, "found")
+    return status
+
+
+async def doctor() -> list[ToolStatus]:
+    """Checks every tool at once; the result lists required tools first."""
+    return list(await asyncio.gather(check_docker(), check_kind(), check_helm(), check_kubectl()))
