@@ -1,0 +1,213 @@
+"""Kind-like node containers made of real parts: Debian's containerd and ctr in a container
+labelled and named exactly as kind labels and names its nodes.
+
+Only what image loading and cluster inspection touch is real here: the containerd content store,
+`ctr images import`, the docker labels, names, port bindings and mounts. There is no kubelet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import shutil
+import subprocess
+import tarfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CLUSTER_LABEL = "io.x-k8s.kind.cluster"
+ROLE_LABEL = "io.x-k8s.kind.role"
+NODE_IMAGE_REPO = "laconic-helm-test/node"
+HARNESS_LABEL = "dev.laconic-helm.test-harness"  # lets a sweep find leftovers of killed runs
+
+_NODE_PROGRAMS = ("/usr/bin/containerd", "/usr/bin/ctr", "/bin/busybox")
+
+
+def docker(*args: str, input: bytes | None = None, check: bool = True) -> str:
+    done = subprocess.run(["docker", *args], input=input, capture_output=True, check=False)
+    if check and done.returncode != 0:
+        raise RuntimeError(f"docker {' '.join(args)}: {done.stderr.decode(errors='replace')}")
+    return done.stdout.decode()
+
+
+def _shared_libraries(program: str) -> list[str]:
+    out = subprocess.run(["ldd", program], capture_output=True, text=True, check=True).stdout
+    libs = []
+    for line in out.splitlines():
+        parts = line.split()
+        if "=>" in parts and len(parts) > parts.index("=>") + 1:
+            libs.append(parts[parts.index("=>") + 1])
+        elif parts and parts[0].startswith("/"):
+            libs.append(parts[0])
+    return libs
+
+
+def _rootfs_tar(files: Iterable[str]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for d in ("tmp", "run", "etc", "var/lib/containerd", "bin", "usr/bin", "sbin"):
+            info = tarfile.TarInfo(d)
+            info.type = tarfile.DIRTYPE
+            info.mode = 0o1777 if d == "tmp" else 0o755
+            tar.addfile(info)
+        for path in sorted(set(files)):
+            tar.add(str(Path(path).resolve()), arcname=path.lstrip("/"))
+        link = tarfile.TarInfo("bin/sh")
+        link.type = tarfile.SYMTYPE
+        link.linkname = "/bin/busybox"
+        tar.addfile(link)
+    return buf.getvalue()
+
+
+def ensure_node_image() -> str:
+    """Builds the node image once per set of host binaries (offline, with `docker import`)."""
+    missing = [p for p in _NODE_PROGRAMS if not Path(p).exists()]
+    if missing:
+        raise RuntimeError(f"node image needs {', '.join(missing)} (apt-get install containerd busybox)")
+    files = [lib for prog in _NODE_PROGRAMS for lib in (prog, *_shared_libraries(prog))]
+    digest = hashlib.sha256()
+    for path in sorted(set(files)):
+        digest.update(path.encode())
+        digest.update(Path(path).resolve().read_bytes())
+    tag = f"{NODE_IMAGE_REPO}:{digest.hexdigest()[:16]}"
+    if docker("images", "-q", tag).strip():
+        return tag
+    docker(
+        "import",
+        "--change",
+        'CMD ["/usr/bin/containerd"]',
+        "--change",
+        "ENV PATH=/usr/bin:/bin:/sbin",
+        "-",
+        tag,
+        input=_rootfs_tar(files),
+    )
+    return tag
+
+
+@dataclass(frozen=True)
+class PortMapping:
+    container_port: int
+    host_port: int
+    protocol: str = "TCP"
+    listen_address: str = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Mount:
+    host_path: str
+    container_path: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str
+    role: str  # control-plane | worker
+    ports: Sequence[PortMapping] = ()
+    mounts: Sequence[Mount] = ()
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+def node_specs(cluster: str, workers: int = 0) -> list[NodeSpec]:
+    """Names nodes as kind does: <cluster>-control-plane, <cluster>-worker, -worker2, ..."""
+    specs = [NodeSpec(f"{cluster}-control-plane", "control-plane")]
+    specs += [
+        NodeSpec(f"{cluster}-worker{'' if i == 1 else i}", "worker") for i in range(1, workers + 1)
+    ]
+    return specs
+
+
+def start_node(cluster: str, spec: NodeSpec, image: str | None = None) -> str:
+    """Starts one node container with containerd running inside; returns its name."""
+    args = [
+        "run",
+        "-d",
+        "--name",
+        spec.name,
+        "--hostname",
+        spec.name,
+        "--label",
+        f"{CLUSTER_LABEL}={cluster}",
+        "--label",
+        f"{ROLE_LABEL}={spec.role}",
+        "--label",
+        f"{HARNESS_LABEL}=1",
+        # The overlayfs snapshotter cannot sit on the container's own overlay root.
+        "-v",
+        "/var/lib/containerd",
+        "--cap-add",
+        "SYS_ADMIN",
+        "--security-opt",
+        "seccomp=unconfined",
+        "--security-opt",
+        "apparmor=unconfined",
+    ]
+    for key, value in spec.labels.items():
+        args += ["--label", f"{key}={value}"]
+    for p in spec.ports:
+        proto = "" if p.protocol.upper() == "TCP" else f"/{p.protocol.lower()}"
+        args += ["-p", f"{p.listen_address}:{p.host_port}:{p.container_port}{proto}"]
+    for m in spec.mounts:
+        args += ["-v", f"{m.host_path}:{m.container_path}{':ro' if m.read_only else ''}"]
+    docker(*args, image or ensure_node_image())
+    return spec.name
+
+
+def wait_ready(node: str, timeout: float = 30.0) -> None:
+    """Waits until the node's containerd answers `ctr version`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done = subprocess.run(
+            ["docker", "exec", node, "ctr", "version"], capture_output=True, check=False
+        )
+        if done.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"containerd in {node} did not answer: {done.stderr.decode()}")
+        time.sleep(0.2)
+
+
+def create_cluster(cluster: str, specs: Sequence[NodeSpec] | None = None) -> list[str]:
+    """Starts every node of `cluster` and waits for their containerd."""
+    nodes = [start_node(cluster, spec) for spec in (specs or node_specs(cluster))]
+    for node in nodes:
+        wait_ready(node)
+    return nodes
+
+
+def list_nodes(cluster: str) -> list[str]:
+    out = docker("ps", "-a", "--filter", f"label={CLUSTER_LABEL}={cluster}", "--format", "{{.Names}}")
+    return sorted(out.split())
+
+
+def list_clusters() -> list[str]:
+    out = docker("ps", "-a", "--filter", f"label={CLUSTER_LABEL}", "--format", "{{.Labels}}")
+    names = set()
+    for labels in out.splitlines():
+        for pair in labels.split(","):
+            key, _, value = pair.partition("=")
+            if key == CLUSTER_LABEL:
+                names.add(value)
+    return sorted(names)
+
+
+def delete_cluster(cluster: str) -> None:
+    """Removes the cluster's node containers and their volumes; absent counts as done."""
+    nodes = list_nodes(cluster)
+    if nodes:
+        docker("rm", "-f", "-v", *nodes)
+
+
+def ctr_images(node: str) -> list[str]:
+    """Image names the node's containerd holds in kind's `k8s.io` namespace."""
+    out = docker("exec", node, "ctr", "-n", "k8s.io", "images", "list", "-q")
+    return sorted(out.split())
+
+
+def docker_available() -> bool:
+    return shutil.which("docker") is not None and subprocess.run(
+        ["docker", "info"], capture_output=True, check=False
+    ).returncode == 0
