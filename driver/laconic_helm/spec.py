@@ -1,0 +1,299 @@
+"""The deployment model: what the operator wants, validated before anything is touched.
+
+A spec is YAML (`deployment.yaml`); with no file the built-in default deploys Caddy and the agave
+`test` mode on a kind cluster named `laconic-local`. Relative paths in a spec are relative to the
+spec's own folder. Every error names the file, the key path and what was expected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from laconic_helm.errors import SpecError
+
+DEFAULT_SPEC_NAME = "deployment.yaml"
+DEFAULT_CLUSTER = "laconic-local"
+
+_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+Name = Annotated[str, Field(pattern=_DNS_LABEL, max_length=53)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class PortMapping(_Model):
+    """A kind extraPortMapping: a node port published on the host."""
+
+    container_port: Port = Field(alias="containerPort", description="Port inside the node.")
+    host_port: Port = Field(alias="hostPort", description="Port on the host.")
+    protocol: Literal["TCP", "UDP", "SCTP"] = Field("TCP", description="IP protocol.")
+    listen_address: str = Field(
+        "0.0.0.0", alias="listenAddress", description="Host address the port binds to."
+    )
+
+
+class Mount(_Model):
+    """A kind extraMount: a host folder visible inside the node."""
+
+    host_path: Path = Field(alias="hostPath", description="Folder on the host (must exist).")
+    container_path: str = Field(alias="containerPath", description="Path inside the node.")
+    read_only: bool = Field(False, alias="readOnly", description="Mount read-only.")
+    propagation: Literal["None", "HostToContainer", "Bidirectional"] = Field(
+        "None", description="Mount propagation."
+    )
+
+
+class Cluster(_Model):
+    """Where the releases go: a kind cluster this tool manages, or any existing cluster."""
+
+    name: Name = Field(DEFAULT_CLUSTER, description="kind cluster name (never 'the first one').")
+    provider: Literal["kind", "existing"] = Field("kind", description="kind or existing.")
+    context: str | None = Field(
+        None, description="kube context; default kind-<name> for kind, required for existing."
+    )
+    node_image: str | None = Field(None, alias="nodeImage", description="kind node image.")
+    ports: tuple[PortMapping, ...] = Field((), description="Host port mappings (kind only).")
+    mounts: tuple[Mount, ...] = Field((), description="Host folders mounted into the node.")
+    node_labels: dict[str, str] = Field(
+        default_factory=lambda: {"ingress-ready": "true"},
+        alias="nodeLabels",
+        description="Labels on the control-plane node.",
+    )
+    high_memlock: bool = Field(
+        False,
+        alias="highMemlock",
+        description="Add a containerd runtime with unlimited memlock and a RuntimeClass for it.",
+    )
+
+    @property
+    def kube_context(self) -> str:
+        return self.context or f"kind-{self.name}"
+
+    @model_validator(mode="after")
+    def _check_provider(self) -> Cluster:
+        if self.provider == "existing" and not self.context:
+            raise ValueError("provider 'existing' needs 'context' (the kube context to use)")
+        seen: dict[tuple[int, str], int] = {}
+        for i, p in enumerate(self.ports):
+            key = (p.host_port, p.protocol)
+            if key in seen:
+                raise ValueError(
+                    f"ports[{i}]: host port {p.host_port}/{p.protocol} already used by "
+                    f"ports[{seen[key]}]"
+                )
+            seen[key] = i
+        return self
+
+
+class SecretSpec(_Model):
+    """A Secret the driver creates from files, so key material never enters release values."""
+
+    name: Name = Field(description="Secret name in the release namespace.")
+    files: dict[str, Path] = Field(description="Secret key -> file holding its bytes.")
+
+    @field_validator("files")
+    @classmethod
+    def _not_empty(cls, v: dict[str, Path]) -> dict[str, Path]:
+        if not v:
+            raise ValueError("needs at least one file")
+        return v
+
+
+class Release(_Model):
+    """One Helm release, applied with `helm upgrade --install`."""
+
+    name: Name = Field(description="Release name.")
+    chart: str = Field(description="Chart folder (relative to the spec) or builtin:<chart>.")
+    namespace: Name = Field(description="Release namespace (created when absent).")
+    values_files: tuple[Path, ...] = Field(
+        (), alias="valuesFiles", description="Values files, applied in order."
+    )
+    values: dict[str, Any] = Field(default_factory=dict, description="Inline values, applied last.")
+    secrets: tuple[SecretSpec, ...] = Field((), description="Secrets created before the release.")
+    wait: bool = Field(True, description="Wait for workloads to be ready.")
+    timeout: int = Field(300, ge=1, description="Seconds helm may wait.")
+
+
+class Spec(_Model):
+    """A whole deployment: the cluster, the images to load and the releases in order."""
+
+    cluster: Cluster = Field(default_factory=Cluster, description="The cluster.")
+    images: tuple[str, ...] = Field((), description="Local docker images to load into the nodes.")
+    releases: tuple[Release, ...] = Field((), description="Releases, applied in this order.")
+    source: Path | None = Field(None, exclude=True, description="File the spec came from.")
+
+    @model_validator(mode="after")
+    def _unique_releases(self) -> Spec:
+        seen: dict[tuple[str, str], int] = {}
+        for i, r in enumerate(self.releases):
+            key = (r.namespace, r.name)
+            if key in seen:
+                raise ValueError(
+                    f"releases[{i}]: release {r.name!r} in namespace {r.namespace!r} "
+                    f"duplicates releases[{seen[key]}]"
+                )
+            seen[key] = i
+        return self
+
+
+def data_dir(kind: Literal["charts", "values"]) -> Path:
+    """Returns the charts/ or values/ folder shipped with the package (or the repo's, editable)."""
+    packaged = Path(__file__).parent / "_data" / kind
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / kind
+
+
+def _error_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _one_line(source: str, exc: ValidationError) -> str:
+    errors = exc.errors()
+    first = errors[0]
+    kind, got = first["type"], first.get("input")
+    if kind == "extra_forbidden":
+        msg = "unknown key"
+    elif kind == "missing":
+        msg = "required key is missing"
+    elif kind == "string_pattern_mismatch":
+        msg = f"expected a lowercase name of a-z, 0-9 and '-' (got {got!r})"
+    elif kind.endswith(("_type", "_parsing")):
+        msg = f"{first['msg'][0].lower()}{first['msg'][1:]} (got {got!r})"
+    else:
+        msg = first["msg"].removeprefix("Value error, ")
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    where = f"{_error_path(first['loc'])}: " if first["loc"] else ""
+    return f"{source}: {where}{msg}{more}"
+
+
+def parse_spec(data: Any, *, source: str, base: Path) -> Spec:
+    """Validates a spec document and resolves its paths against `base`; raises SpecError."""
+    if not isinstance(data, Mapping):
+        raise SpecError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        spec = Spec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(_one_line(source, exc)) from None
+    return _resolve(spec, source=source, base=base)
+
+
+def _resolve_chart(chart: str, base: Path) -> str:
+    if chart.startswith("builtin:"):
+        return str(data_dir("charts") / chart.removeprefix("builtin:"))
+    return str((base / chart).resolve())
+
+
+def _resolve(spec: Spec, *, source: str, base: Path) -> Spec:
+    def path(p: Path) -> Path:
+        return p if p.is_absolute() else (base / p).resolve()
+
+    def must_exist(p: Path, key: str, what: str) -> None:
+        if not p.exists():
+            raise SpecError(f"{source}: {key}: {what} {p} does not exist")
+
+    releases = []
+    for i, r in enumerate(spec.releases):
+        chart = _resolve_chart(r.chart, base)
+        if not (Path(chart) / "Chart.yaml").is_file():
+            raise SpecError(f"{source}: releases[{i}].chart: no chart (Chart.yaml) at {chart}")
+        values_files = tuple(path(p) for p in r.values_files)
+        for j, p in enumerate(values_files):
+            must_exist(p, f"releases[{i}].valuesFiles[{j}]", "values file")
+            _load_yaml_mapping(p, f"releases[{i}].valuesFiles[{j}]")
+        secrets = []
+        for j, s in enumerate(r.secrets):
+            files = {k: path(p) for k, p in s.files.items()}
+            for k, p in files.items():
+                key = f"releases[{i}].secrets[{j}].files.{k}"
+                must_exist(p, key, "secret file")
+                if not p.is_file():
+                    raise SpecError(f"{source}: {key}: {p} is not a file")
+            secrets.append(s.model_copy(update={"files": files}))
+        releases.append(
+            r.model_copy(
+                update={"chart": chart, "values_files": values_files, "secrets": tuple(secrets)}
+            )
+        )
+    mounts = tuple(
+        m.model_copy(update={"host_path": path(m.host_path)}) for m in spec.cluster.mounts
+    )
+    cluster = spec.cluster.model_copy(update={"mounts": mounts})
+    return spec.model_copy(
+        update={"cluster": cluster, "releases": tuple(releases), "source": Path(source)}
+    )
+
+
+def _load_yaml_mapping(p: Path, key: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(p.read_text())
+    except OSError as exc:
+        raise SpecError(f"{p}: cannot read ({exc.strerror}); named by {key}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise SpecError(f"{p}:{where}: not valid YAML; named by {key}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SpecError(f"{p}: expected a mapping of values, got {type(data).__name__}")
+    return data
+
+
+def load_spec(path: Path | None) -> Spec:
+    """Loads the spec at `path`, or the built-in default when `path` is None."""
+    if path is None:
+        return default_spec()
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError(f"{path}: spec file does not exist") from None
+    except IsADirectoryError:
+        raise SpecError(f"{path}: is a folder, expected a spec file") from None
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read spec file ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise SpecError(f"{path}: {where}not valid YAML ({problem})") from None
+    return parse_spec(data, source=str(path), base=path.parent.resolve())
+
+
+def default_spec() -> Spec:
+    """The built-in deployment: Caddy plus the agave test node on kind cluster laconic-local."""
+    values = data_dir("values")
+    doc = {
+        "cluster": {
+            "name": DEFAULT_CLUSTER,
+            "ports": [
+                {"containerPort": 80, "hostPort": 80},
+                {"containerPort": 443, "hostPort": 443},
+            ],
+        },
+        "releases": [
+            {
+                "name": "caddy-ingress",
+                "chart": "builtin:caddy-ingress",
+                "namespace": "caddy-system",
+                "valuesFiles": [str(values / "caddy-ingress" / "kind.yaml")],
+            },
+            {
+                "name": "agave",
+                "chart": "builtin:agave",
+                "namespace": "agave",
+                "valuesFiles": [str(values / "agave" / "kind-test.yaml")],
+            },
+        ],
+    }
+    return parse_spec(doc, source="(built-in default)", base=Path.cwd())
