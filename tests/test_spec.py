@@ -1,0 +1,138 @@
+"""spec: what a valid deployment looks like, and the one-line errors for what is not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from laconic_helm import spec
+from laconic_helm.errors import EXIT_BAD_INPUT, SpecError
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    chart = tmp_path / "charts" / "app"
+    chart.mkdir(parents=True)
+    (chart / "Chart.yaml").write_text("apiVersion: v2\nname: app\nversion: 0.1.0\n")
+    (tmp_path / "app.yaml").write_text("replicas: 1\n")
+    (tmp_path / "id.json").write_text("[1,2,3]")
+    (tmp_path / "ledger").mkdir()
+    return tmp_path
+
+
+def _load(workdir: Path, text: str) -> spec.Spec:
+    path = workdir / "deployment.yaml"
+    path.write_text(text)
+    return spec.load_spec(path)
+
+
+def _error(workdir: Path, text: str) -> str:
+    with pytest.raises(SpecError) as caught:
+        _load(workdir, text)
+    assert caught.value.exit_code == EXIT_BAD_INPUT
+    message = caught.value.message
+    assert "\n" not in message
+    return message
+
+
+VALID = """
+cluster:
+  name: lab
+  ports: [{containerPort: 80, hostPort: 8080}]
+  mounts: [{hostPath: ledger, containerPath: /mnt/ledger}]
+images: [laconicnetwork/agave:local]
+releases:
+  - name: app
+    chart: charts/app
+    namespace: apps
+    valuesFiles: [app.yaml]
+    values: {image: {tag: "1.0"}}
+    secrets: [{name: identity, files: {identity.json: id.json}}]
+"""
+
+
+def test_valid_spec_resolves_paths_against_its_folder(workdir: Path) -> None:
+    s = _load(workdir, VALID)
+    release = s.releases[0]
+    assert release.chart == str(workdir / "charts" / "app")
+    assert release.values_files == (workdir / "app.yaml",)
+    assert release.secrets[0].files["identity.json"] == workdir / "id.json"
+    assert s.cluster.mounts[0].host_path == workdir / "ledger"
+    assert s.cluster.kube_context == "kind-lab"
+    assert s.cluster.node_labels == {"ingress-ready": "true"}
+    assert release.wait is True and release.timeout == 300
+
+
+def test_default_spec_deploys_caddy_then_agave_on_laconic_local() -> None:
+    s = spec.load_spec(None)
+    assert s.cluster.name == "laconic-local"
+    assert [r.name for r in s.releases] == ["caddy-ingress", "agave"]
+    for release in s.releases:
+        assert (Path(release.chart) / "Chart.yaml").is_file()
+        assert all(p.is_file() for p in release.values_files)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("cluster: [1", "deployment.yaml: line 1: not valid YAML"),
+        ("- a\n- b\n", "deployment.yaml: expected a mapping at the top level, got list"),
+        ("clutser: {}\n", "deployment.yaml: clutser: unknown key"),
+        ("cluster: {name: Lab_1}\n", "cluster.name: expected a lowercase name"),
+        (
+            "cluster: {ports: [{containerPort: 80, hostPort: 80},"
+            " {containerPort: 81, hostPort: 80}]}\n",
+            "cluster: ports[1]: host port 80/TCP already used by ports[0]",
+        ),
+        ("cluster: {ports: [{containerPort: 0, hostPort: 80}]}\n", "ports[0].containerPort"),
+        ("cluster: {provider: existing}\n", "provider 'existing' needs 'context'"),
+        ("releases: [{name: app, namespace: apps}]\n", "releases[0].chart: required key"),
+        (
+            "releases: [{name: app, chart: charts/nope, namespace: apps}]\n",
+            "releases[0].chart: no chart (Chart.yaml) at",
+        ),
+        (
+            "releases: [{name: app, chart: charts/app, namespace: apps, valuesFiles: [no.yaml]}]\n",
+            "releases[0].valuesFiles[0]: values file",
+        ),
+        (
+            "releases: [{name: app, chart: charts/app, namespace: apps,"
+            " secrets: [{name: id, files: {k: missing.json}}]}]\n",
+            "releases[0].secrets[0].files.k: secret file",
+        ),
+        (
+            "releases: [{name: app, chart: charts/app, namespace: apps},"
+            " {name: app, chart: charts/app, namespace: apps}]\n",
+            "releases[1]: release 'app' in namespace 'apps' duplicates releases[0]",
+        ),
+        (
+            "releases: [{name: app, chart: charts/app, namespace: apps, timeout: soon}]\n",
+            "releases[0].timeout: input should be a valid integer",
+        ),
+    ],
+)
+def test_bad_spec_gives_one_line_naming_file_and_key(
+    workdir: Path, text: str, expected: str
+) -> None:
+    message = _error(workdir, text)
+    assert expected in message
+    assert message.startswith(str(workdir / "deployment.yaml"))
+
+
+def test_values_file_that_is_not_a_mapping_is_named(workdir: Path) -> None:
+    (workdir / "app.yaml").write_text("- just\n- a list\n")
+    message = _error(
+        workdir,
+        "releases: [{name: app, chart: charts/app, namespace: apps, valuesFiles: [app.yaml]}]",
+    )
+    assert message == f"{workdir / 'app.yaml'}: expected a mapping of values, got list"
+
+
+def test_missing_spec_file_and_folder(workdir: Path) -> None:
+    with pytest.raises(SpecError, match="spec file does not exist"):
+        spec.load_spec(workdir / "nope.yaml")
+    with pytest.raises(SpecError, match="is a folder"):
+        spec.load_spec(workdir)
