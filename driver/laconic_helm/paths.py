@@ -8,10 +8,9 @@ from pathlib import Path
 
 def state_dir() -> Path:
     """Returns the state folder, created 0700: $LACONIC_HELM_STATE, else XDG state home."""
-    root = os.environ.get("LACONIC_HELM_STATE") or os.path.join(
-        os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state", "laconic-helm"
-    )
-    path = Path(root)
+    override = os.environ.get("LACONIC_HELM_STATE")
+    xdg = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    path = Path(override) if override else xdg / "laconic-helm"
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     return path
 
