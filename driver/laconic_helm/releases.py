@@ -1,0 +1,708 @@
+"""Helm releases that converge from any state: observe what is stored, plan, act with re-checks.
+
+`observe_release` only reads (the release's stored revisions, the namespace, the Secrets it
+needs and, when an upgrade is due, every object the chart renders). `plan_release` is pure: it
+decides every repair, adoption and skip from that state. `apply_release` acts, re-checking
+before each write. `ensure_release` is the three in a row.
+
+Repairs (no revision is ever deleted by hand, and no rollback is needed):
+- a stale `pending-*` revision (a helm that was killed) is unlocked: its stored status becomes
+  `failed`, keeping history, and the upgrade that follows proceeds from it;
+- `uninstalling` (an interrupted uninstall) is finished with `helm uninstall`, then installed;
+  objects marked `helm.sh/resource-policy: keep` (the data) survive it.
+A pending revision that a live helm process on this host is still working on is never touched.
+
+Skipping: the digest of the chart's files, the effective values and the caller's extras (image
+IDs, Secret content hashes) is stored in the revision's description and as a pod annotation.
+When the newest revision is `deployed` with the desired digest, nothing is written at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+from pydantic import ValidationError
+from pyhelm3 import errors as helm_errors
+
+from laconic_helm import kube
+from laconic_helm.errors import ClusterError, DeadlineExceeded, ReleaseError, SpecError
+from laconic_helm.helm import STOP_GRACE, release_error
+from laconic_helm.plan import Action
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Iterable, Mapping
+
+    import pyhelm3
+
+    from laconic_helm import spec
+    from laconic_helm.helm import Helm
+
+DIGEST_ANNOTATION = "laconic-helm/digest"
+DESCRIPTION_PREFIX = "laconic-helm digest="
+POD_ANNOTATIONS = "podAnnotations"  # the values key the charts put on their workload pods
+
+PENDING = frozenset({"pending-install", "pending-upgrade", "pending-rollback"})
+BUSY_WAIT = 15.0  # seconds to let a live helm on this host finish before giving up
+MIN_HELM_SECONDS = 5.0  # do not start a helm operation with less budget than this
+
+_DIGEST_SCHEME = b"laconic-helm digest v1"
+_HELM_SUBCOMMANDS = frozenset({"install", "upgrade", "rollback", "uninstall", "delete", "del"})
+
+
+# -- values and digest ------------------------------------------------------------------------
+
+
+def merge_values(*layers: Mapping[str, Any]) -> dict[str, Any]:
+    """Merges values layers the way helm merges `-f` files: maps merge key by key, anything
+    else (lists included) is replaced by the later layer."""
+    out: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            if isinstance(value, dict) and isinstance(out.get(key), dict):
+                out[key] = merge_values(out[key], value)
+            else:
+                out[key] = value
+    return out
+
+
+def _plain(values: Mapping[str, Any]) -> dict[str, Any]:
+    # YAML may hold dates and other non-JSON scalars; helm receives JSON, and so does the digest.
+    return json.loads(json.dumps(values, default=str))
+
+
+def _load_values_file(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read values file ({exc.strerror})") from None
+    except yaml.YAMLError:
+        raise SpecError(f"{path}: not valid YAML") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: expected a mapping of values, got {type(data).__name__}")
+    return data
+
+
+def effective_values(release: spec.Release) -> dict[str, Any]:
+    """The values the operator asked for: the values files in order, then the inline values."""
+    files = [_load_values_file(p) for p in release.values_files]
+    return _plain(merge_values(*files, release.values))
+
+
+def _ignore_rules(chart: Path) -> list[tuple[str, bool]]:
+    """Reads `.helmignore` as (pattern, directories-only) pairs; negations are not honoured,
+    which can only make the digest cover more files than helm packages."""
+    path = chart / ".helmignore"
+    if not path.is_file():
+        return []
+    rules = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", "!")):
+            continue
+        rules.append((line.rstrip("/").lstrip("/"), line.endswith("/")))
+    return rules
+
+
+def _ignored(rel: str, is_dir: bool, rules: list[tuple[str, bool]]) -> bool:
+    for pattern, dirs_only in rules:
+        if dirs_only and not is_dir:
+            continue
+        subject = rel if "/" in pattern else rel.rpartition("/")[2]
+        if fnmatch.fnmatchcase(subject, pattern):
+            return True
+    return False
+
+
+def chart_files(chart: Path) -> list[str]:
+    """Returns the chart's file paths (relative, `/`-separated, sorted) that helm would load."""
+    rules = _ignore_rules(chart)
+    found: list[str] = []
+    for folder, dirs, files in os.walk(chart):
+        base = Path(folder).relative_to(chart).as_posix()
+        prefix = "" if base == "." else f"{base}/"
+        dirs[:] = [d for d in dirs if not _ignored(prefix + d, True, rules)]
+        found += [prefix + f for f in files if not _ignored(prefix + f, False, rules)]
+    return sorted(found)
+
+
+def _frame(h: Any, tag: str, data: bytes) -> None:
+    h.update(tag.encode() + b"\0" + len(data).to_bytes(8, "big") + data)
+
+
+def compute_digest(
+    chart: Path, values: Mapping[str, Any], extras: Mapping[str, str] | None = None
+) -> str:
+    """Returns `sha256:<hex>` over the chart's files, the values and the extras.
+
+    Any change to a template, a values layer, an image ID or a Secret changes the digest; the
+    same inputs give the same digest on any machine.
+    """
+    h = hashlib.sha256(_DIGEST_SCHEME)
+    for rel in chart_files(chart):
+        _frame(h, "file", rel.encode())
+        _frame(h, "content", (chart / rel).read_bytes())
+    _frame(h, "values", json.dumps(values, sort_keys=True, separators=(",", ":")).encode())
+    for key, value in sorted((extras or {}).items()):
+        _frame(h, "extra", f"{key}={value}".encode())
+    return f"sha256:{h.hexdigest()}"
+
+
+def _chart_has_pod_annotations(chart: Path) -> bool:
+    try:
+        defaults = yaml.safe_load((chart / "values.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(defaults, dict) and POD_ANNOTATIONS in defaults
+
+
+@dataclass(frozen=True)
+class DesiredRelease:
+    """One release as it should be: chart, final values (digest included) and its Secrets."""
+
+    name: str
+    namespace: str
+    chart: Path
+    values: dict[str, Any]
+    digest: str
+    secrets: tuple[kube.SecretData, ...] = ()
+    wait: bool = True
+    timeout: int = 300
+
+    @property
+    def target(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def step(self) -> str:
+        return f"release/{self.name}"
+
+    @property
+    def description(self) -> str:
+        return f"{DESCRIPTION_PREFIX}{self.digest}"
+
+
+def desired_release(
+    release: spec.Release, *, extras: Mapping[str, str] | None = None
+) -> DesiredRelease:
+    """Reads the chart, values files and secret files of a spec release into its desired state.
+
+    `extras` are further inputs the workloads depend on (e.g. `image/<ref>` -> image ID), so a
+    rebuilt image under the same tag changes the digest and rolls the pods.
+    """
+    chart = Path(release.chart)
+    secrets = []
+    parts = dict(extras or {})
+    for s in release.secrets:
+        data = {}
+        for key, path in s.files.items():
+            try:
+                data[key] = path.read_bytes()
+            except OSError as exc:
+                raise SpecError(f"{path}: cannot read secret file ({exc.strerror})") from None
+            parts[f"secret/{s.name}/{key}"] = hashlib.sha256(data[key]).hexdigest()
+        secrets.append(kube.SecretData(release.namespace, s.name, data))
+    values = effective_values(release)
+    digest = compute_digest(chart, values, parts)
+    if _chart_has_pod_annotations(chart):
+        values = merge_values(values, {POD_ANNOTATIONS: {DIGEST_ANNOTATION: digest}})
+    return DesiredRelease(
+        name=release.name,
+        namespace=release.namespace,
+        chart=chart,
+        values=values,
+        digest=digest,
+        secrets=tuple(secrets),
+        wait=release.wait,
+        timeout=release.timeout,
+    )
+
+
+# -- observed state ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Revision:
+    """One stored revision of a release, as Helm recorded it."""
+
+    number: int
+    status: str
+    description: str = ""
+    digest: str | None = None
+    secret: str = ""  # the Secret that stores it
+
+
+def _revision_digest(record: Mapping[str, Any]) -> str | None:
+    description = (record.get("info") or {}).get("description") or ""
+    if description.startswith(DESCRIPTION_PREFIX):
+        return description.removeprefix(DESCRIPTION_PREFIX).split()[0]
+    # A rollback rewrites the description but restores the values, annotation included.
+    annotations = ((record.get("config") or {}).get(POD_ANNOTATIONS)) or {}
+    found = annotations.get(DIGEST_ANNOTATION) if isinstance(annotations, dict) else None
+    return found if isinstance(found, str) else None
+
+
+def revision_from_secret(secret: Mapping[str, Any]) -> Revision:
+    name = (secret.get("metadata") or {}).get("name", "?")
+    try:
+        record = kube.decode_release(secret)
+    except (KeyError, ValueError, OSError, EOFError) as exc:
+        raise ClusterError(f"helm release record {name} is unreadable: {exc}") from None
+    info = record.get("info") or {}
+    return Revision(
+        number=int(record.get("version", 0)),
+        status=str(info.get("status", "unknown")),
+        description=str(info.get("description") or ""),
+        digest=_revision_digest(record),
+        secret=name,
+    )
+
+
+@dataclass(frozen=True)
+class ObservedObject:
+    """A rendered object that already exists in the cluster, with its Helm ownership."""
+
+    ref: kube.ObjectRef
+    owner: kube.Owner
+
+
+@dataclass(frozen=True)
+class ReleaseState:
+    """What is there for one release; read-only, cheap, the single input of planning."""
+
+    name: str
+    namespace: str
+    namespace_exists: bool
+    revisions: tuple[Revision, ...] = ()  # oldest first
+    secrets: Mapping[str, str] = field(default_factory=dict)  # absent | current | outdated
+    rendered: tuple[kube.ObjectRef, ...] = ()  # observed only when an upgrade is due
+    existing: tuple[ObservedObject, ...] = ()  # the rendered objects already present
+    busy: tuple[int, ...] = ()  # pids of helm processes on this host working on the release
+
+    @property
+    def latest(self) -> Revision | None:
+        return self.revisions[-1] if self.revisions else None
+
+    @property
+    def status(self) -> str:
+        return self.latest.status if self.latest else "absent"
+
+    def up_to_date(self, digest: str) -> bool:
+        return self.latest is not None and (
+            self.latest.status == "deployed" and self.latest.digest == digest
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """The state as plain data for `status` and the JSON report (no Secret content)."""
+        latest = self.latest
+        return {
+            "release": self.name,
+            "namespace": self.namespace,
+            "status": self.status,
+            "revision": latest.number if latest else None,
+            "digest": latest.digest if latest else None,
+            "secrets": dict(self.secrets),
+        }
+
+
+def _helm_targets(argv: list[str], release: str, namespace: str) -> bool:
+    """True when a command line is a mutating helm command on `release` in `namespace`."""
+    if not argv or "helm" not in Path(argv[0]).name:
+        return False
+    words = argv[1:]
+    if not _HELM_SUBCOMMANDS & set(words) or release not in words:
+        return False
+    for i, word in enumerate(words):
+        given = None
+        if word in ("-n", "--namespace") and i + 1 < len(words):
+            given = words[i + 1]
+        elif word.startswith("--namespace="):
+            given = word.partition("=")[2]
+        elif word.startswith("-n") and len(word) > 2:
+            given = word[2:]
+        if given is not None and given != namespace:
+            return False
+    return True
+
+
+def live_helm_pids(release: str, namespace: str) -> tuple[int, ...]:
+    """Returns the pids of helm processes on this host that are changing `release`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        words = [a.decode(errors="replace") for a in argv if a]
+        if _helm_targets(words, release, namespace):
+            found.append(int(entry.name))
+    return tuple(sorted(found))
+
+
+async def _read_revisions(k: kube.Kube, name: str, namespace: str) -> tuple[Revision, ...]:
+    secrets = await k.list_release_secrets(namespace, name)
+    return tuple(sorted((revision_from_secret(s) for s in secrets), key=lambda r: r.number))
+
+
+async def _render(helm: Helm, desired: DesiredRelease, upgrade: bool) -> list[kube.ObjectRef]:
+    chart = await _chart(helm, desired)
+    try:
+        docs = await helm.client.template_resources(
+            chart,
+            desired.name,
+            desired.values,
+            namespace=desired.namespace,
+            no_hooks=True,
+            is_upgrade=upgrade,
+        )
+        objects = [d for d in docs if isinstance(d, dict) and d.get("kind")]
+    except helm_errors.Error as exc:
+        raise release_error(desired.name, "template", exc) from None
+    except yaml.YAMLError:
+        raise ReleaseError(desired.name, "the chart renders invalid YAML") from None
+    refs = []
+    for obj in objects:
+        meta = obj.get("metadata") or {}
+        if obj.get("apiVersion") and meta.get("name"):
+            refs.append(
+                kube.ObjectRef(obj["apiVersion"], obj["kind"], meta["name"], meta.get("namespace"))
+            )
+    return refs
+
+
+async def _chart(helm: Helm, desired: DesiredRelease) -> pyhelm3.Chart:
+    try:
+        return await helm.client.get_chart(desired.chart)
+    except helm_errors.Error as exc:
+        raise release_error(desired.name, "show chart", exc) from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ReleaseError(
+            desired.name, f"{desired.chart}/Chart.yaml: {where}: {first['msg']}"
+        ) from None
+
+
+async def observe_release(
+    k: kube.Kube, helm: Helm, desired: DesiredRelease, *, busy_wait: float = BUSY_WAIT
+) -> ReleaseState:
+    """Reads everything planning needs for `desired`; writes nothing.
+
+    When a pending or uninstalling revision is being worked on by a live helm on this host,
+    it waits up to `busy_wait` seconds for that helm to finish before reporting it busy.
+    """
+    name, ns = desired.name, desired.namespace
+    revisions = await _read_revisions(k, name, ns)
+    busy: tuple[int, ...] = ()
+    latest = revisions[-1] if revisions else None
+    if latest and (latest.status in PENDING or latest.status == "uninstalling"):
+        stop_at = time.monotonic() + busy_wait
+        busy = live_helm_pids(name, ns)
+        while busy and time.monotonic() < stop_at:
+            await asyncio.sleep(0.5)
+            busy = live_helm_pids(name, ns)
+        revisions = await _read_revisions(k, name, ns)
+    namespace_exists = await k.get_namespace(ns) is not None
+    secrets: dict[str, str] = {}
+    for s in desired.secrets:
+        live = await k.get_secret(ns, s.name) if namespace_exists else None
+        secrets[s.name] = (
+            "absent" if live is None else ("current" if s.matches(live) else "outdated")
+        )
+    state = ReleaseState(name, ns, namespace_exists, revisions, secrets, busy=busy)
+    if state.up_to_date(desired.digest):
+        return state
+    rendered = []
+    existing = []
+    for ref in await _render(helm, desired, upgrade=bool(revisions)):
+        ref = await k.scoped(ref, ns)
+        rendered.append(ref)
+        live = await k.get_object(ref)
+        if live is not None:
+            existing.append(ObservedObject(ref, kube.owner_of(live)))
+    return ReleaseState(
+        name, ns, namespace_exists, revisions, secrets, tuple(rendered), tuple(existing), busy
+    )
+
+
+# -- planning (pure) --------------------------------------------------------------------------
+
+
+def _short(digest: str) -> str:
+    return digest.removeprefix("sha256:")[:12]
+
+
+def _renders_namespace(state: ReleaseState) -> bool:
+    return any(r.kind == "Namespace" and r.name == state.namespace for r in state.rendered)
+
+
+def _check_claims(desired: DesiredRelease, state: ReleaseState) -> None:
+    for obj in state.existing:
+        owner = obj.owner
+        if not owner.belongs_elsewhere(desired.name, desired.namespace):
+            continue
+        other = f"{owner.namespace or '?'}/{owner.release or '?'}"
+        raise ReleaseError(
+            desired.name,
+            f"{obj.ref} belongs to release {other}; refusing to take it",
+            hint="remove it from that release or rename it in this chart",
+        )
+
+
+def plan_release(desired: DesiredRelease, state: ReleaseState) -> list[Action]:
+    """Decides, without I/O, what brings the release from `state` to `desired`.
+
+    Raises ReleaseError, before anything is written, when a live helm holds the release or
+    when the chart renders an object that another release owns.
+    """
+    step, target = desired.step, desired.target
+    latest = state.latest
+    stuck = latest is not None and (latest.status in PENDING or latest.status == "uninstalling")
+    if stuck and state.busy:
+        pids = ", ".join(str(p) for p in state.busy)
+        raise ReleaseError(
+            desired.name,
+            f"revision {latest.number} is {latest.status} and helm (pid {pids}) is still "
+            "working on it; wait for it to finish or stop it, then re-run",
+        )
+    _check_claims(desired, state)
+    recovery: list[Action] = []
+    if latest is not None and latest.status in PENDING:
+        detail = f"revision {latest.number} {latest.status} -> failed (no helm is working on it)"
+        recovery.append(Action(step, "unlock-release", target, detail))
+    elif latest is not None and latest.status == "uninstalling":
+        detail = f"finish the interrupted uninstall of revision {latest.number}"
+        recovery.append(Action(step, "uninstall-release", target, detail))
+    prepare: list[Action] = []
+    if not state.namespace_exists:
+        owned = "owned by the release: the chart renders it" if _renders_namespace(state) else ""
+        prepare.append(Action(step, "create-namespace", desired.namespace, owned))
+    for s in desired.secrets:
+        have = state.secrets.get(s.name, "absent")
+        if have != "current":
+            how = "create" if have == "absent" else "update: content differs"
+            prepare.append(Action(step, "apply-secret", f"{s.namespace}/{s.name}", how))
+    if not recovery and state.up_to_date(desired.digest):
+        assert latest is not None
+        detail = f"revision {latest.number}, digest {_short(desired.digest)}"
+        return [*prepare, Action(step, "up-to-date", target, detail)]
+    for obj in state.existing:
+        if not obj.owner.is_release(desired.name, desired.namespace):
+            prepare.append(Action(step, "adopt-object", str(obj.ref), "exists without an owner"))
+    if latest is None or latest.status in ("uninstalling", "uninstalled"):
+        how = "install"
+    else:
+        was = "failed" if latest.status in PENDING else latest.status
+        how = f"upgrade from revision {latest.number} ({was})"
+    upgrade = Action(step, "upgrade-release", target, f"{how}, digest {_short(desired.digest)}")
+    return [*recovery, *prepare, upgrade]
+
+
+# -- acting -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReleaseOutcome:
+    """What `apply_release` did: the actions carried out and the revision now newest."""
+
+    actions: tuple[Action, ...]
+    revision: int | None
+    digest: str
+
+    @property
+    def changed(self) -> bool:
+        return any(a.verb != "up-to-date" for a in self.actions)
+
+
+async def _within(
+    deadline: float | None, release: str, what: str, work: Callable[[], Awaitable[Any]]
+) -> Any:
+    """Runs a helm operation so that it is stopped (SIGINT, helm records `failed`) in time to
+    return by `deadline` (a time.monotonic() value); raises DeadlineExceeded then."""
+    if deadline is None:
+        return await work()
+    left = deadline - time.monotonic() - STOP_GRACE
+    if left < MIN_HELM_SECONDS:
+        raise DeadlineExceeded(f"release {release}: no time left to {what}; re-run to continue")
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout_at(loop.time() + left):
+            return await work()
+    except TimeoutError:
+        raise DeadlineExceeded(
+            f"release {release}: deadline reached during {what}; helm was stopped and the "
+            "revision recorded failed; re-run to continue"
+        ) from None
+
+
+async def _unlock(k: kube.Kube, desired: DesiredRelease, state: ReleaseState) -> None:
+    latest = state.latest
+    assert latest is not None
+    # Re-check right before the write: a live helm may have appeared since observing.
+    if live_helm_pids(desired.name, desired.namespace):
+        raise ReleaseError(desired.name, "a helm process started working on it; re-run later")
+    done = await k.set_release_status(
+        desired.namespace,
+        latest.secret,
+        expect=latest.status,
+        status="failed",
+        description=f"Unlocked by laconic-helm from stale '{latest.status}' state",
+    )
+    if not done:
+        raise ReleaseError(
+            desired.name, f"revision {latest.number} changed while being unlocked; re-run"
+        )
+
+
+async def _adopt(k: kube.Kube, desired: DesiredRelease, ref: kube.ObjectRef) -> bool:
+    live = await k.get_object(ref)
+    if live is None:
+        return False  # gone since observing: helm will create it
+    owner = kube.owner_of(live)
+    if owner.is_release(desired.name, desired.namespace):
+        return False
+    if owner.belongs_elsewhere(desired.name, desired.namespace):
+        other = f"{owner.namespace or '?'}/{owner.release or '?'}"
+        raise ReleaseError(desired.name, f"{ref} belongs to release {other}; refusing to take it")
+    version = str(live["metadata"]["resourceVersion"])
+    await k.stamp_owner(ref, desired.name, desired.namespace, version)
+    return True
+
+
+async def _upgrade(helm: Helm, desired: DesiredRelease, deadline: float | None) -> int:
+    chart = await _chart(helm, desired)
+    ssa = helm.major >= 4
+    # Helm 4 applies server-side; forcing conflicts makes the chart win over fields another
+    # manager set (e.g. on objects adopted from a create-only installer), as Helm 3 does.
+    try:
+        revision = await _within(
+            deadline,
+            desired.name,
+            "helm upgrade",
+            lambda: helm.client.install_or_upgrade_release(
+                desired.name,
+                chart,
+                desired.values,
+                namespace=desired.namespace,
+                create_namespace=False,
+                description=desired.description,
+                wait=desired.wait,
+                timeout=f"{desired.timeout}s",
+                server_side="true" if ssa else None,
+                force_conflicts=ssa,
+            ),
+        )
+    except helm_errors.Error as exc:
+        raise release_error(desired.name, "upgrade", exc) from None
+    return int(revision.revision)
+
+
+async def _uninstall(
+    helm: Helm, name: str, namespace: str, timeout: int, deadline: float | None
+) -> None:
+    try:
+        await _within(
+            deadline,
+            name,
+            "helm uninstall",
+            lambda: helm.client.uninstall_release(
+                name, namespace=namespace, wait=True, timeout=f"{timeout}s"
+            ),
+        )
+    except helm_errors.Error as exc:
+        raise release_error(name, "uninstall", exc) from None
+
+
+async def apply_release(
+    k: kube.Kube,
+    helm: Helm,
+    desired: DesiredRelease,
+    state: ReleaseState,
+    actions: Iterable[Action],
+    *,
+    deadline: float | None = None,
+) -> ReleaseOutcome:
+    """Carries out planned actions in order; each re-reads what it is about to change.
+
+    Helm runs are stopped (SIGINT) in time for `deadline`, or when the task is cancelled; the
+    revision is then recorded `failed` and the next run carries on from it.
+    """
+    done: list[Action] = []
+    revision = state.latest.number if state.latest else None
+    for action in actions:
+        verb = action.verb
+        if verb == "unlock-release":
+            await _unlock(k, desired, state)
+        elif verb == "uninstall-release":
+            await _uninstall(helm, desired.name, desired.namespace, desired.timeout, deadline)
+            revision = None
+        elif verb == "create-namespace":
+            owned = _renders_namespace(state)
+            await k.ensure_namespace(
+                desired.namespace,
+                labels={kube.MANAGED_BY: kube.HELM if owned else kube.DRIVER},
+                annotations={
+                    kube.RELEASE_NAME: desired.name,
+                    kube.RELEASE_NAMESPACE: desired.namespace,
+                }
+                if owned
+                else {},
+            )
+        elif verb == "apply-secret":
+            secret = next(s for s in desired.secrets if action.target == f"{s.namespace}/{s.name}")
+            await k.ensure_secret(secret)
+        elif verb == "adopt-object":
+            ref = next(o.ref for o in state.existing if str(o.ref) == action.target)
+            if not await _adopt(k, desired, ref):
+                continue
+        elif verb == "upgrade-release":
+            revision = await _upgrade(helm, desired, deadline)
+        elif verb != "up-to-date":
+            raise ValueError(f"unknown release action {verb!r}")
+        done.append(action)
+    return ReleaseOutcome(tuple(done), revision, desired.digest)
+
+
+async def ensure_release(
+    k: kube.Kube,
+    helm: Helm,
+    desired: DesiredRelease,
+    *,
+    deadline: float | None = None,
+    busy_wait: float = BUSY_WAIT,
+) -> ReleaseOutcome:
+    """Brings one release to `desired` from whatever state it is in; idempotent."""
+    state = await observe_release(k, helm, desired, busy_wait=busy_wait)
+    actions = plan_release(desired, state)
+    return await apply_release(k, helm, desired, state, actions, deadline=deadline)
+
+
+async def ensure_release_absent(
+    k: kube.Kube,
+    helm: Helm,
+    name: str,
+    namespace: str,
+    *,
+    timeout: int = 300,
+    deadline: float | None = None,
+) -> bool:
+    """Uninstalls the release if any revision of it is stored; returns whether it did.
+
+    Objects marked `helm.sh/resource-policy: keep` (the data) stay behind.
+    """
+    if not await _read_revisions(k, name, namespace):
+        return False
+    await _uninstall(helm, name, namespace, timeout, deadline)
+    return True

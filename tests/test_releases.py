@@ -1,0 +1,461 @@
+"""Releases: digest and values (unit), every repair/adoption/skip decision as a table over
+hand-built states (unit), the helm adapter with real helm 3 and 4 (helm)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pyhelm3 import errors as helm_errors
+
+from laconic_helm import kube, releases, spec
+from laconic_helm.errors import ReleaseError
+from laconic_helm.helm import classify, release_error
+from laconic_helm.releases import DesiredRelease, ObservedObject, ReleaseState, Revision
+
+MINI = Path(__file__).parent / "charts" / "mini"
+DIGEST = "sha256:" + "a" * 64
+OLD = "sha256:" + "b" * 64
+
+# -- values and digest ------------------------------------------------------------------------
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("layers", "merged"),
+    [
+        (({"a": {"b": 1, "c": 2}}, {"a": {"c": 3}}), {"a": {"b": 1, "c": 3}}),
+        (({"l": [1, 2]}, {"l": [3]}), {"l": [3]}),
+        (({"a": {"b": 1}}, {"a": None}), {"a": None}),
+        (({"a": 1}, {"a": {"b": 2}}), {"a": {"b": 2}}),
+        (({"a": {"b": 1}}, {"a": "x"}), {"a": "x"}),
+        (
+            ({}, {"n": {"deep": {"er": 1}}}, {"n": {"deep": {"est": 2}}}),
+            {"n": {"deep": {"er": 1, "est": 2}}},
+        ),
+    ],
+    ids=["maps-merge", "lists-replace", "null-replaces", "scalar-to-map", "map-to-scalar", "deep"],
+)
+def test_values_merge_like_helm(layers: tuple[dict, ...], merged: dict) -> None:
+    before = [repr(layer) for layer in layers]
+    assert releases.merge_values(*layers) == merged
+    assert [repr(layer) for layer in layers] == before  # inputs untouched
+
+
+@pytest.fixture
+def chart(tmp_path: Path) -> Path:
+    """A private copy of the mini chart, free to edit."""
+    return Path(shutil.copytree(MINI, tmp_path / "mini"))
+
+
+@pytest.mark.unit
+def test_digest_is_stable_and_ignores_key_order(chart: Path) -> None:
+    a = releases.compute_digest(chart, {"x": 1, "y": {"p": 1, "q": 2}}, {"image/a": "sha256:1"})
+    b = releases.compute_digest(chart, {"y": {"q": 2, "p": 1}, "x": 1}, {"image/a": "sha256:1"})
+    assert a == b
+    assert a.startswith("sha256:") and len(a) == len("sha256:") + 64
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "change",
+    ["template", "new-file", "values", "list-order", "extra"],
+)
+def test_digest_changes_with_any_input(chart: Path, change: str) -> None:
+    values: dict[str, Any] = {"l": [1, 2]}
+    extras = {"image/a": "sha256:1"}
+    before = releases.compute_digest(chart, values, extras)
+    if change == "template":
+        path = chart / "templates" / "configmap.yaml"
+        path.write_text(path.read_text() + "  added: line\n")
+    elif change == "new-file":
+        (chart / "templates" / "NOTES.txt").write_text("hi\n")
+    elif change == "values":
+        values = {"l": [1, 2], "x": True}
+    elif change == "list-order":
+        values = {"l": [2, 1]}
+    else:
+        extras = {"image/a": "sha256:2"}
+    assert releases.compute_digest(chart, values, extras) != before
+
+
+@pytest.mark.unit
+def test_digest_skips_what_helmignore_excludes(chart: Path) -> None:
+    before = releases.compute_digest(chart, {})
+    (chart / "values.yaml.swp").write_text("editor junk")
+    (chart / "notes").mkdir()
+    (chart / "notes" / "todo.md").write_text("later")
+    assert releases.compute_digest(chart, {}) == before
+    assert "values.yaml.swp" not in releases.chart_files(chart)
+    assert "templates/deployment.yaml" in releases.chart_files(chart)
+
+
+def _spec_release(chart: Path, tmp_path: Path, **extra: Any) -> spec.Release:
+    doc = {"name": "mini", "chart": str(chart), "namespace": "apps", **extra}
+    return spec.parse_spec({"releases": [doc]}, source="test", base=tmp_path).releases[0]
+
+
+@pytest.mark.unit
+def test_desired_release_layers_values_and_annotates_pods(chart: Path, tmp_path: Path) -> None:
+    (tmp_path / "one.yaml").write_text("config: {greeting: one, a: 1}\nl: [1]\n")
+    (tmp_path / "two.yaml").write_text("config: {greeting: two}\nl: [2]\n")
+    rel = _spec_release(
+        chart, tmp_path, valuesFiles=["one.yaml", "two.yaml"], values={"config": {"b": 2}}
+    )
+    desired = releases.desired_release(rel, extras={"image/x": "sha256:1"})
+    assert desired.values["config"] == {"greeting": "two", "a": 1, "b": 2}
+    assert desired.values["l"] == [2]
+    assert desired.values["podAnnotations"] == {releases.DIGEST_ANNOTATION: desired.digest}
+    assert desired.description == f"laconic-helm digest={desired.digest}"
+    assert releases.desired_release(rel, extras={"image/x": "sha256:2"}).digest != desired.digest
+
+
+@pytest.mark.unit
+def test_desired_release_leaves_values_alone_for_charts_without_pod_annotations(
+    chart: Path, tmp_path: Path
+) -> None:
+    values = chart / "values.yaml"
+    values.write_text(values.read_text().replace("podAnnotations: {}\n", ""))
+    desired = releases.desired_release(_spec_release(chart, tmp_path))
+    assert "podAnnotations" not in desired.values
+
+
+@pytest.mark.unit
+def test_secret_files_change_the_digest_but_never_the_values(chart: Path, tmp_path: Path) -> None:
+    key = tmp_path / "identity.json"
+    key.write_bytes(b"[11,22,33]")
+    rel = _spec_release(chart, tmp_path, secrets=[{"name": "keys", "files": {"id": str(key)}}])
+    first = releases.desired_release(rel)
+    assert first.secrets[0].data == {"id": b"[11,22,33]"}
+    assert "11,22,33" not in repr(first)
+    assert "11,22,33" not in str(first.values)
+    key.write_bytes(b"[44]")
+    assert releases.desired_release(rel).digest != first.digest
+
+
+def _record(status: str, description: str = "", config: dict | None = None) -> dict:
+    return {
+        "data": {
+            "release": kube.encode_release(
+                {
+                    "version": 4,
+                    "info": {"status": status, "description": description},
+                    "config": config or {},
+                }
+            )
+        },
+        "metadata": {"name": "sh.helm.release.v1.mini.v4"},
+    }
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("secret", "digest"),
+    [
+        (_record("deployed", f"laconic-helm digest={DIGEST}"), DIGEST),
+        (
+            _record(
+                "deployed",
+                "Rollback to 2",
+                {"podAnnotations": {releases.DIGEST_ANNOTATION: OLD}},
+            ),
+            OLD,
+        ),
+        (_record("deployed", "Install complete"), None),
+        (_record("failed", 'Upgrade "mini" failed: context canceled'), None),
+    ],
+    ids=["description", "after-rollback", "by-hand", "failed"],
+)
+def test_revision_digest_comes_from_description_then_values(secret: dict, digest: str) -> None:
+    revision = releases.revision_from_secret(secret)
+    assert revision.number == 4
+    assert revision.digest == digest
+    assert revision.secret == "sh.helm.release.v1.mini.v4"
+
+
+# -- planning ---------------------------------------------------------------------------------
+
+
+def _desired(*, secrets: tuple[kube.SecretData, ...] = ()) -> DesiredRelease:
+    return DesiredRelease("mini", "apps", MINI, {}, DIGEST, secrets)
+
+
+def _state(
+    *statuses: str,
+    digest: str | None = DIGEST,
+    ns: bool = True,
+    secrets: dict[str, str] | None = None,
+    existing: tuple[ObservedObject, ...] = (),
+    rendered: tuple[kube.ObjectRef, ...] = (),
+    busy: tuple[int, ...] = (),
+) -> ReleaseState:
+    revisions = tuple(
+        Revision(i, s, digest=digest if s in ("deployed", "superseded") else None, secret=f"v{i}")
+        for i, s in enumerate(statuses, start=1)
+    )
+    return ReleaseState("mini", "apps", ns, revisions, secrets or {}, rendered, existing, busy)
+
+
+def _verbs(actions: list) -> list[tuple[str, str]]:
+    return [(a.verb, a.detail) for a in actions]
+
+
+UPGRADE_NEW = ("upgrade-release", "install, digest aaaaaaaaaaaa")
+UP_TO_DATE_1 = ("up-to-date", "revision 1, digest aaaaaaaaaaaa")
+
+
+def _unlock(n: int, status: str) -> tuple[str, str]:
+    return ("unlock-release", f"revision {n} {status} -> failed (no helm is working on it)")
+
+
+def _upgrade_from(n: int, status: str) -> tuple[str, str]:
+    return ("upgrade-release", f"upgrade from revision {n} ({status}), digest aaaaaaaaaaaa")
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("state", "expected"),
+    [
+        (_state(ns=False), [("create-namespace", ""), UPGRADE_NEW]),
+        (_state(), [UPGRADE_NEW]),
+        (_state("superseded", "deployed"), [("up-to-date", "revision 2, digest aaaaaaaaaaaa")]),
+        (_state("deployed", digest=OLD), [_upgrade_from(1, "deployed")]),
+        (_state("deployed", digest=None), [_upgrade_from(1, "deployed")]),
+        (_state("deployed", "failed"), [_upgrade_from(2, "failed")]),
+        (_state("failed"), [_upgrade_from(1, "failed")]),
+        (_state("pending-install"), [_unlock(1, "pending-install"), _upgrade_from(1, "failed")]),
+        (
+            _state("deployed", "pending-upgrade"),
+            [_unlock(2, "pending-upgrade"), _upgrade_from(2, "failed")],
+        ),
+        (
+            _state("superseded", "deployed", "pending-rollback"),
+            [_unlock(3, "pending-rollback"), _upgrade_from(3, "failed")],
+        ),
+        (
+            _state("superseded", "uninstalling"),
+            [("uninstall-release", "finish the interrupted uninstall of revision 2"), UPGRADE_NEW],
+        ),
+        (_state("uninstalled"), [UPGRADE_NEW]),
+        (_state("deployed", busy=(4242,)), [UP_TO_DATE_1]),
+    ],
+    ids=[
+        "absent-no-namespace",
+        "absent",
+        "deployed-same-digest",
+        "deployed-other-digest",
+        "deployed-by-hand",
+        "failed-after-deployed",
+        "failed-only",
+        "pending-install",
+        "pending-upgrade",
+        "pending-rollback",
+        "uninstalling",
+        "uninstalled-kept-history",
+        "deployed-while-some-helm-runs",
+    ],
+)
+def test_plan_recovers_and_skips(state: ReleaseState, expected: list) -> None:
+    assert _verbs(releases.plan_release(_desired(), state)) == expected
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("status", ["pending-install", "pending-upgrade", "uninstalling"])
+def test_plan_never_touches_a_release_a_live_helm_works_on(status: str) -> None:
+    with pytest.raises(ReleaseError, match=r"pid 4242.*re-run"):
+        releases.plan_release(_desired(), _state("deployed", status, busy=(4242,)))
+
+
+SECRET = kube.SecretData("apps", "keys", {"id": b"x"})
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("have", "expected"),
+    [
+        ("current", [UP_TO_DATE_1]),
+        (
+            "outdated",
+            [("apply-secret", "update: content differs"), UP_TO_DATE_1],
+        ),
+    ],
+)
+def test_plan_rewrites_only_secrets_that_differ(have: str, expected: list) -> None:
+    state = _state("deployed", secrets={"keys": have})
+    assert _verbs(releases.plan_release(_desired(secrets=(SECRET,)), state)) == expected
+
+
+@pytest.mark.unit
+def test_plan_creates_namespace_and_secrets_before_the_install() -> None:
+    actions = releases.plan_release(_desired(secrets=(SECRET,)), _state(ns=False))
+    assert [(a.verb, a.target) for a in actions] == [
+        ("create-namespace", "apps"),
+        ("apply-secret", "apps/keys"),
+        ("upgrade-release", "apps/mini"),
+    ]
+
+
+SA = kube.ObjectRef("v1", "ServiceAccount", "caddy-ingress-controller", "apps")
+ROLE = kube.ObjectRef("rbac.authorization.k8s.io/v1", "ClusterRole", "caddy-ingress-controller")
+NS = kube.ObjectRef("v1", "Namespace", "apps")
+
+
+def _owned(ref: kube.ObjectRef, managed_by: str | None, release: str | None, ns: str | None):
+    return ObservedObject(ref, kube.Owner(managed_by, release, ns))
+
+
+@pytest.mark.unit
+def test_plan_adopts_unowned_objects_before_the_upgrade() -> None:
+    existing = (
+        _owned(SA, None, None, None),
+        _owned(ROLE, "Helm", None, None),
+        _owned(kube.ObjectRef("v1", "ConfigMap", "mine", "apps"), "Helm", "mini", "apps"),
+    )
+    actions = releases.plan_release(_desired(), _state(existing=existing))
+    assert [(a.verb, a.target) for a in actions] == [
+        ("adopt-object", "ServiceAccount apps/caddy-ingress-controller"),
+        ("adopt-object", "ClusterRole caddy-ingress-controller"),
+        ("upgrade-release", "apps/mini"),
+    ]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("statuses", [(), ("deployed", "pending-upgrade")], ids=["new", "stuck"])
+def test_plan_refuses_to_steal_from_another_release_before_any_write(statuses: tuple) -> None:
+    existing = (_owned(SA, None, None, None), _owned(ROLE, "Helm", "other", "elsewhere"))
+    state = _state(*statuses, digest=OLD, ns=False, existing=existing)
+    with pytest.raises(ReleaseError) as caught:
+        releases.plan_release(_desired(secrets=(SECRET,)), state)
+    assert caught.value.message == (
+        "release mini: ClusterRole caddy-ingress-controller belongs to release elsewhere/other; "
+        "refusing to take it"
+    )
+
+
+@pytest.mark.unit
+def test_plan_creates_a_rendered_namespace_owned_by_the_release() -> None:
+    actions = releases.plan_release(_desired(), _state(ns=False, rendered=(NS, SA)))
+    assert _verbs(actions)[0] == ("create-namespace", "owned by the release: the chart renders it")
+
+
+@pytest.mark.unit
+def test_plan_adopts_an_existing_rendered_namespace() -> None:
+    state = _state(rendered=(NS,), existing=(_owned(NS, "laconic-helm", None, None),))
+    assert [a.verb for a in releases.plan_release(_desired(), state)] == [
+        "adopt-object",
+        "upgrade-release",
+    ]
+
+
+# -- helm's errors and processes ---------------------------------------------------------------
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("stderr", "cls"),
+    [
+        ("UPGRADE FAILED: context canceled", helm_errors.CommandCancelledError),
+        ("etcdserver: request timed out; release: not found", helm_errors.ConnectionError),
+        ("release: not found", helm_errors.ReleaseNotFoundError),
+        (
+            "execution error at (mini/templates/x.yaml:1:3): boom",
+            helm_errors.FailedToRenderChartError,
+        ),
+        ('Deployment.apps "x" is invalid: spec.replicas', helm_errors.InvalidResourceError),
+        ("another operation (install/upgrade/rollback) is in progress", helm_errors.Error),
+    ],
+    ids=["cancelled", "etcd-first", "not-found", "render", "invalid", "unclassified"],
+)
+def test_stderr_classification_keeps_pyhelm3_classes(stderr: str, cls: type) -> None:
+    assert classify(f"Error: {stderr}") is cls
+
+
+LOCKED = "another helm operation holds the release (a pending revision)"
+NOT_READY = "resources did not become ready within the timeout"
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("stderr", "meaning"),
+    [
+        ("UPGRADE FAILED: another operation (install/upgrade/rollback) is in progress", LOCKED),
+        ('UPGRADE FAILED: "mini" has no deployed releases', "no deployed revision to upgrade from"),
+        (
+            'Unable to continue with install: ServiceAccount "x" in namespace "apps" exists and '
+            "cannot be imported into the current release: invalid ownership metadata",
+            "an object it renders exists and belongs to something else",
+        ),
+        (
+            'UPGRADE FAILED: Apply failed with 2 conflicts: conflict with "kubectl"',
+            "server-side apply conflict with another field manager",
+        ),
+        ("UPGRADE FAILED: context deadline exceeded", NOT_READY),
+        ("INSTALLATION FAILED: timed out waiting for the condition", NOT_READY),
+        ("UPGRADE FAILED: context canceled", "helm was stopped; the revision is recorded failed"),
+        ("something new", "helm upgrade failed"),
+    ],
+    ids=[
+        "locked",
+        "no-deployed",
+        "not-importable",
+        "ssa-conflict",
+        "deadline",
+        "timeout",
+        "cancelled",
+        "other",
+    ],
+)
+def test_release_errors_say_what_helm_meant_and_keep_its_words(stderr: str, meaning: str) -> None:
+    stderr = f"WARNING: kubeconfig is group-readable\nError: {stderr}\n"
+    err = release_error("mini", "upgrade", classify(stderr)(1, b"", stderr.encode()))
+    tail = stderr.strip().splitlines()[-1]
+    assert err.message == f"release mini: {meaning}: {tail}"
+    assert err.release == "mini"
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("argv", "hit"),
+    [
+        (["helm", "upgrade", "mini", "./c", "-n", "apps", "--install"], True),
+        (["/usr/bin/helm3", "rollback", "mini", "2", "--namespace=apps"], True),
+        (["helm", "uninstall", "mini", "-napps"], True),
+        (["helm", "upgrade", "mini", "./c", "--namespace", "other"], False),
+        (["helm", "status", "mini", "-n", "apps"], False),
+        (["helm", "upgrade", "other", "./mini", "-n", "apps"], False),
+        (["kubectl", "rollout", "upgrade", "mini", "-n", "apps"], False),
+        (["helm", "upgrade", "mini", "./c"], True),
+    ],
+    ids=[
+        "upgrade",
+        "rollback",
+        "short-ns",
+        "other-ns",
+        "read-only",
+        "other-release",
+        "not-helm",
+        "no-ns-given",
+    ],
+)
+def test_helm_command_lines_that_hold_a_release(argv: list[str], hit: bool) -> None:
+    assert releases._helm_targets(argv, "mini", "apps") is hit
+
+
+@pytest.mark.unit
+def test_live_helm_on_this_host_is_found_by_its_command_line() -> None:
+    # /bin/sh under the name "helm", with helm's arguments after its own.
+    argv = ["helm", "-c", "sleep 30", "upgrade", "mini", "./chart", "-n", "apps"]
+    with subprocess.Popen(argv, executable="/bin/sh") as child:
+        try:
+            deadline = time.monotonic() + 10
+            while child.pid not in releases.live_helm_pids("mini", "apps"):  # until exec'd
+                assert time.monotonic() < deadline, "the stand-in helm never showed up"
+                time.sleep(0.05)
+            assert child.pid not in releases.live_helm_pids("mini", "other")
+        finally:
+            child.kill()
+    assert child.pid not in releases.live_helm_pids("mini", "apps")
