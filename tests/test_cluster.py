@@ -1,0 +1,586 @@
+"""Tests of cluster.py: kind config, inspection parsing, ownership, differences and planning
+(pure, `unit`), then observation of real node containers (`docker`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import stat
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from laconic_helm import cluster
+from laconic_helm.cluster import (
+    BindMount,
+    ClusterState,
+    Node,
+    PortBinding,
+    Record,
+)
+from laconic_helm.errors import UserError
+from laconic_helm.spec import parse_spec
+
+T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def make_cluster(**doc: Any) -> Any:
+    doc.setdefault("name", "lh")
+    return parse_spec({"cluster": doc}, source="test.yaml", base=Path("/")).cluster
+
+
+@pytest.fixture(autouse=True)
+def state_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "state"
+    monkeypatch.setenv("LACONIC_HELM_STATE", str(home))
+    return home
+
+
+# -- kind config -------------------------------------------------------------------------------
+
+
+@pytest.mark.unit
+def test_default_config_is_one_labelled_control_plane() -> None:
+    text = cluster.render_kind_config(make_cluster())
+    assert text == (
+        "kind: Cluster\n"
+        "apiVersion: kind.x-k8s.io/v1alpha4\n"
+        "name: lh\n"
+        "nodes:\n"
+        "- role: control-plane\n"
+        "  labels:\n"
+        "    ingress-ready: 'true'\n"
+    )
+
+
+@pytest.mark.unit
+def test_config_carries_ports_mounts_image_and_memlock(tmp_path: Path) -> None:
+    spec = make_cluster(
+        nodeImage="kindest/node:v1.35.0",
+        ports=[
+            {"containerPort": 80, "hostPort": 80},
+            {"containerPort": 8001, "hostPort": 8001, "protocol": "UDP", "listenAddress": "::"},
+        ],
+        mounts=[
+            {"hostPath": "/srv/kind", "containerPath": "/mnt", "propagation": "HostToContainer"}
+        ],
+        highMemlock=True,
+    )
+    memlock = tmp_path / "high-memlock-spec.json"
+    doc = yaml.safe_load(cluster.render_kind_config(spec, memlock_spec=memlock))
+    node = doc["nodes"][0]
+    assert node["image"] == "kindest/node:v1.35.0"
+    assert node["extraPortMappings"] == [
+        {"containerPort": 80, "hostPort": 80, "listenAddress": "0.0.0.0", "protocol": "TCP"},
+        {"containerPort": 8001, "hostPort": 8001, "listenAddress": "::", "protocol": "UDP"},
+    ]
+    assert node["extraMounts"] == [
+        {"hostPath": "/srv/kind", "containerPath": "/mnt", "readOnly": False,
+         "propagation": "HostToContainer"},
+        {"hostPath": str(memlock), "containerPath": cluster.MEMLOCK_SPEC_IN_NODE,
+         "readOnly": True, "propagation": "None"},
+    ]  # fmt: skip
+    (patch,) = doc["containerdConfigPatches"]
+    assert ".runtimes.high-memlock]" in patch
+    assert f'base_runtime_spec = "{cluster.MEMLOCK_SPEC_IN_NODE}"' in patch
+    assert "SystemdCgroup = true" in patch
+
+
+@pytest.mark.unit
+def test_config_text_is_deterministic_whatever_the_label_order() -> None:
+    a = make_cluster(nodeLabels={"b": "2", "a": "1"})
+    b = make_cluster(nodeLabels={"a": "1", "b": "2"})
+    assert cluster.render_kind_config(a) == cluster.render_kind_config(b)
+    assert list(yaml.safe_load(cluster.render_kind_config(a))["nodes"][0]["labels"]) == ["a", "b"]
+
+
+@pytest.mark.unit
+def test_memlock_needs_the_base_spec_file() -> None:
+    with pytest.raises(ValueError, match="base spec"):
+        cluster.kind_config(make_cluster(highMemlock=True))
+
+
+@pytest.mark.unit
+def test_memlock_base_spec_raises_memlock_and_open_files() -> None:
+    doc = json.loads(json.dumps(cluster.memlock_base_spec()))
+    limits = {r["type"]: (r["soft"], r["hard"]) for r in doc["process"]["rlimits"]}
+    assert limits == {
+        "RLIMIT_MEMLOCK": (2**64 - 1, 2**64 - 1),
+        "RLIMIT_NOFILE": (1048576, 1048576),
+    }
+    assert doc["root"] == {"path": "rootfs"}
+    assert {m["destination"] for m in doc["mounts"]} >= {"/proc", "/dev", "/sys"}
+
+
+@pytest.mark.unit
+def test_runtime_class_names_the_containerd_runtime() -> None:
+    rc = cluster.runtime_class_manifest()
+    assert (rc["apiVersion"], rc["kind"]) == ("node.k8s.io/v1", "RuntimeClass")
+    assert rc["metadata"]["name"] == rc["handler"] == "high-memlock"
+    assert f"runtimes.{rc['handler']}]" in cluster.memlock_containerd_patch()
+
+
+# -- docker inspect parsing ------------------------------------------------------------------
+
+
+def inspect_doc(**overrides: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "Id": "a" * 64,
+        "Name": "/lh-control-plane",
+        "Created": "2026-01-01T12:00:01.123456789Z",
+        "State": {"Status": "running", "StartedAt": "2026-01-01T12:00:02.5Z"},
+        "Config": {
+            "Image": "kindest/node:v1.35.0",
+            "Labels": {cluster.CLUSTER_LABEL: "lh", cluster.ROLE_LABEL: "control-plane"},
+        },
+        "HostConfig": {
+            "PortBindings": {
+                "80/tcp": [{"HostIp": "", "HostPort": "80"}],
+                "6443/tcp": [{"HostIp": "127.0.0.1", "HostPort": "41234"}],
+                "8001/udp": [{"HostIp": "0.0.0.0", "HostPort": "8001"}],
+                "9999/tcp": [{"HostIp": "", "HostPort": ""}],
+            }
+        },
+        "Mounts": [
+            {"Type": "bind", "Source": "/srv", "Destination": "/mnt", "RW": True,
+             "Propagation": "rslave"},
+            {"Type": "bind", "Source": "/lib/modules", "Destination": "/lib/modules",
+             "RW": False, "Propagation": "rprivate"},
+            {"Type": "volume", "Source": "/var/lib/docker/volumes/x/_data", "Destination": "/var",
+             "RW": True, "Propagation": ""},
+        ],
+    }  # fmt: skip
+    doc.update(overrides)
+    return doc
+
+
+@pytest.mark.unit
+def test_parse_node_reads_ports_mounts_and_times() -> None:
+    node = cluster.parse_node(inspect_doc())
+    assert (node.name, node.role, node.status, node.running) == (
+        "lh-control-plane", "control-plane", "running", True,
+    )  # fmt: skip
+    assert node.created == datetime(2026, 1, 1, 12, 0, 1, 123456, tzinfo=UTC)
+    assert node.started == datetime(2026, 1, 1, 12, 0, 2, 500000, tzinfo=UTC)
+    assert set(node.ports) == {
+        PortBinding(80, "TCP", "0.0.0.0", 80),
+        PortBinding(6443, "TCP", "127.0.0.1", 41234),
+        PortBinding(8001, "UDP", "0.0.0.0", 8001),
+    }
+    assert node.mounts == (
+        BindMount("/lib/modules", "/lib/modules", True, "None"),
+        BindMount("/srv", "/mnt", False, "HostToContainer"),
+    )
+    assert cluster.api_binding(node.ports) == PortBinding(6443, "TCP", "127.0.0.1", 41234)
+
+
+@pytest.mark.unit
+def test_parse_node_of_a_never_started_container() -> None:
+    doc = inspect_doc(State={"Status": "created", "StartedAt": "0001-01-01T00:00:00Z"})
+    node = cluster.parse_node(doc)
+    assert (node.status, node.running, node.started) == ("created", False, None)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("url", "port"),
+    [
+        ("https://127.0.0.1:41234", 41234),
+        ("https://[::1]:6443", 6443),
+        ("https://example.org", 443),
+        ("http://localhost/", 80),
+        ("nonsense", None),
+    ],
+)
+def test_server_port(url: str, port: int | None) -> None:
+    assert cluster.server_port(url) == port
+
+
+@pytest.mark.unit
+def test_kubeconfig_server_follows_the_context() -> None:
+    text = yaml.safe_dump(
+        {
+            "clusters": [
+                {"name": "c1", "cluster": {"server": "https://127.0.0.1:1"}},
+                {"name": "c2", "cluster": {"server": "https://127.0.0.1:2"}},
+            ],
+            "contexts": [{"name": "kind-lh", "context": {"cluster": "c2", "user": "u"}}],
+        }
+    )
+    assert cluster.kubeconfig_server(text, "kind-lh") == "https://127.0.0.1:2"
+    assert cluster.kubeconfig_server(text, "kind-other") is None
+    assert cluster.kubeconfig_server(": not yaml [", "kind-lh") is None
+
+
+# -- ownership ------------------------------------------------------------------------------
+
+
+def make_node(
+    name: str = "lh-control-plane",
+    *,
+    id: str = "id-cp",
+    role: str = "control-plane",
+    status: str = "running",
+    created: datetime = T0 + timedelta(seconds=5),
+    image: str = "kindest/node:v1.35.0",
+    ports: tuple[PortBinding, ...] = (PortBinding(6443, "TCP", "127.0.0.1", 41234),),
+    mounts: tuple[BindMount, ...] = (),
+) -> Node:
+    return Node(name, id, role, status, created, created, image, ports, mounts)
+
+
+def record(status: str = "created", ids: tuple[str, ...] = ("id-cp",)) -> Record:
+    return Record("lh", status, T0.isoformat(), ids)  # type: ignore[arg-type]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("rec", "nodes", "owned", "words"),
+    [
+        (None, [make_node()], False, "no record"),
+        (record("creating", ()), [make_node()], True, "began creating"),
+        (record("creating", ()), [make_node(created=T0 - timedelta(seconds=1))], False,
+         "predate"),
+        (record(), [make_node()], True, "created it"),
+        (record("adopted"), [make_node()], True, "adopted it"),
+        (record(ids=("id-cp", "id-w")), [make_node()], True, "created it"),
+        (record(), [make_node(id="id-other")], False, "re-made by something else"),
+        (record(), [make_node(), make_node("lh-worker", id="id-w", role="worker")], False,
+         "re-made"),
+    ],
+)  # fmt: skip
+def test_ownership(rec: Record | None, nodes: list[Node], owned: bool, words: str) -> None:
+    got, why = cluster.judge_ownership(rec, nodes)
+    assert got is owned
+    assert words in why
+
+
+@pytest.mark.unit
+def test_record_round_trip_is_private(state_home: Path) -> None:
+    rec = Record("lh", "created", T0.isoformat(), ("id-cp",), "abc")
+    cluster.write_record(rec)
+    assert cluster.read_record("lh") == rec
+    path = cluster.record_path("lh")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert cluster.read_record("absent") is None
+
+
+@pytest.mark.unit
+def test_damaged_record_proves_nothing(state_home: Path) -> None:
+    path = cluster.record_path("lh")
+    path.parent.mkdir(parents=True)
+    path.write_text("{not json")
+    assert cluster.read_record("lh") is None
+
+
+# -- differences ----------------------------------------------------------------------------
+
+API = PortBinding(6443, "TCP", "127.0.0.1", 41234)
+
+
+def fitting_state(**node: Any) -> ClusterState:
+    base = {
+        "ports": (PortBinding(80, "TCP", "0.0.0.0", 80), API),
+        "mounts": (BindMount("/srv/kind", "/mnt", False, "HostToContainer"),),
+    }
+    base.update(node)
+    return ClusterState(
+        "lh",
+        nodes=(make_node(**base),),
+        record=record(),
+        owned=True,
+        ownership="laconic-helm created it",
+        api_ready=True,
+        node_labels={"ingress-ready": "true", "kubernetes.io/os": "linux"},
+    )
+
+
+FITTING_SPEC = {
+    "ports": [{"containerPort": 80, "hostPort": 80}],
+    "mounts": [
+        {"hostPath": "/srv/kind", "containerPath": "/mnt", "propagation": "HostToContainer"}
+    ],
+}
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("spec_changes", "state_changes", "expected"),
+    [
+        ({}, {}, []),
+        ({"ports": [*FITTING_SPEC["ports"], {"containerPort": 443, "hostPort": 443}]}, {},
+         ["host port 443/TCP is not published (spec: 0.0.0.0:443 -> node port 443)"]),
+        ({"ports": [{"containerPort": 80, "hostPort": 80, "listenAddress": "127.0.0.1"}]}, {},
+         ["host port 80/TCP is published as 0.0.0.0:80 -> node port 80; "
+          "spec: 127.0.0.1:80 -> node port 80"]),
+        ({"ports": []}, {},
+         ["host port 80/TCP is published (0.0.0.0:80 -> node port 80) but not in the spec"]),
+        ({"mounts": []}, {}, []),
+        ({"mounts": [{"hostPath": "/srv/other", "containerPath": "/mnt",
+                      "propagation": "HostToContainer"}]}, {},
+         ["mount /mnt comes from /srv/kind, the spec asks for /srv/other"]),
+        ({"mounts": [{"hostPath": "/srv/kind", "containerPath": "/data"}]}, {},
+         ["mount /data is absent (spec: /srv/kind)"]),
+        ({"mounts": [{"hostPath": "/srv/kind", "containerPath": "/mnt", "readOnly": True,
+                      "propagation": "HostToContainer"}]}, {},
+         ["mount /mnt is writable, the spec asks for the opposite"]),
+        ({"mounts": [{"hostPath": "/srv/kind", "containerPath": "/mnt"}]}, {},
+         ["mount /mnt has propagation HostToContainer, the spec asks for None"]),
+        ({"nodeImage": "kindest/node:v1.36.0"}, {},
+         ["node image is kindest/node:v1.35.0, the spec asks for kindest/node:v1.36.0"]),
+        ({"nodeImage": "kindest/node:v1.35.0"}, {}, []),
+        ({"highMemlock": True}, {"memlock_runtime": False},
+         ["the containerd runtime high-memlock is not configured in the node"]),
+        ({"highMemlock": True}, {"memlock_runtime": True}, []),
+        ({"nodeLabels": {"ingress-ready": "true", "tier": "rpc"}}, {},
+         ["node label tier=rpc is missing"]),
+        ({"nodeLabels": {"ingress-ready": "false"}}, {},
+         ["node label ingress-ready is 'true', the spec asks for 'false'"]),
+        ({"nodeLabels": {"tier": "rpc"}}, {"node_labels": None}, []),
+    ],
+)  # fmt: skip
+def test_differences(
+    spec_changes: dict[str, Any], state_changes: dict[str, Any], expected: list[str]
+) -> None:
+    spec = make_cluster(**{**FITTING_SPEC, **spec_changes})
+    state = replace(fitting_state(), **state_changes)
+    assert cluster.differences(spec, state) == expected
+
+
+@pytest.mark.unit
+def test_a_spec_that_maps_the_api_port_itself_is_compared_too() -> None:
+    spec = make_cluster(
+        ports=[{"containerPort": 6443, "hostPort": 41234, "listenAddress": "127.0.0.1"}]
+    )
+    assert cluster.differences(spec, fitting_state(ports=(API,))) == []
+
+
+# -- planning -------------------------------------------------------------------------------
+
+
+def verbs(actions: list[Any]) -> list[tuple[str, str]]:
+    return [(a.verb, a.target) for a in actions]
+
+
+STOPPED = make_node(status="exited")
+ABSENT = ClusterState("lh", ownership="absent")
+
+
+def state_of(**changes: Any) -> ClusterState:
+    """A fitting state with changes; `ports`/`mounts` change its control-plane node."""
+    node = {k: changes.pop(k) for k in ("ports", "mounts") if k in changes}
+    return replace(fitting_state(**node), **changes)
+
+
+NOT_OURS = {"owned": False, "record": None, "ownership": "laconic-helm has no record of it"}
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("state", "flags", "expected"),
+    [
+        (ABSENT, {}, [("create-cluster", "lh")]),
+        (replace(ABSENT, record=record()), {}, [("create-cluster", "lh")]),
+        (state_of(), {}, []),
+        (state_of(), {"recreate": True}, []),
+        (state_of(record=record("creating", ()),
+                  problems=("laconic-helm's create of it never finished",)), {},
+         [("delete-cluster", "lh"), ("create-cluster", "lh")]),
+        (state_of(problems=("its API does not answer: refused",)), {},
+         [("delete-cluster", "lh"), ("create-cluster", "lh")]),
+        (state_of(nodes=(STOPPED,), problems=(cluster.stopped_problem(STOPPED),)), {},
+         [("start-node", "lh-control-plane")]),
+        (state_of(record=record("creating", ()), nodes=(STOPPED,),
+                  problems=("laconic-helm's create of it never finished",
+                            cluster.stopped_problem(STOPPED))), {},
+         [("delete-cluster", "lh"), ("create-cluster", "lh")]),
+        (state_of(**NOT_OURS), {}, []),
+        (state_of(**NOT_OURS), {"adopt": True}, [("adopt-cluster", "lh")]),
+        (state_of(**NOT_OURS, problems=("its API does not answer: refused",)), {"adopt": True},
+         [("delete-cluster", "lh"), ("create-cluster", "lh")]),
+        (state_of(**NOT_OURS, nodes=(STOPPED,), problems=(cluster.stopped_problem(STOPPED),)),
+         {"adopt": True}, [("adopt-cluster", "lh"), ("start-node", "lh-control-plane")]),
+        (state_of(ports=(API,)), {"recreate": True},
+         [("delete-cluster", "lh"), ("create-cluster", "lh")]),
+        (state_of(**NOT_OURS, ports=(API,)), {"recreate": True, "adopt": True},
+         [("delete-cluster", "lh"), ("create-cluster", "lh")]),
+    ],
+)  # fmt: skip
+def test_plan(state: ClusterState, flags: dict[str, bool], expected: list[tuple[str, str]]) -> None:
+    spec = make_cluster(**FITTING_SPEC)
+    assert verbs(cluster.plan_cluster(spec, state, **flags)) == expected
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("state", "flags", "words"),
+    [
+        # Ours but differs: fixed at creation, rebuilt only on request.
+        (state_of(ports=(API,)), {},
+         "cluster lh: differs from the spec (host port 80/TCP is not published (spec: "
+         "0.0.0.0:80 -> node port 80)); these are fixed when a kind cluster is created"),
+        # Not ours and differs: a name clash; recreate alone is not enough.
+        (state_of(**NOT_OURS, ports=(API,)), {"recreate": True},
+         "cluster lh: differs from the spec (host port 80/TCP is not published"),
+        (state_of(**NOT_OURS, problems=("node lh-control-plane is exited, not running",)), {},
+         "cluster lh: exists but is not healthy (node lh-control-plane is exited, not running) "
+         "and laconic-helm has no record of it, so laconic-helm leaves it alone"),
+    ],
+)  # fmt: skip
+def test_plan_refuses(state: ClusterState, flags: dict[str, bool], words: str) -> None:
+    spec = make_cluster(**FITTING_SPEC)
+    with pytest.raises(UserError) as caught:
+        cluster.plan_cluster(spec, state, **flags)
+    assert caught.value.exit_code == 2
+    assert words in caught.value.message
+    assert "\n" not in caught.value.message
+
+
+@pytest.mark.unit
+def test_plan_refusal_hints_at_the_flags() -> None:
+    spec = make_cluster(**FITTING_SPEC)
+    with pytest.raises(UserError) as ours:
+        cluster.plan_cluster(spec, state_of(ports=(API,)))
+    assert "--recreate-cluster" in (ours.value.hint or "")
+    with pytest.raises(UserError) as theirs:
+        cluster.plan_cluster(spec, state_of(**NOT_OURS, ports=(API,)))
+    assert "--adopt-cluster" in (theirs.value.hint or "")
+
+
+@pytest.mark.unit
+def test_existing_provider_plans_nothing() -> None:
+    spec = make_cluster(provider="existing", context="prod")
+    assert cluster.plan_cluster(spec, ClusterState("lh", "existing")) == []
+
+
+@pytest.mark.unit
+def test_plan_delete() -> None:
+    spec = make_cluster()
+    assert cluster.plan_delete_cluster(spec, ABSENT) == []
+    assert verbs(cluster.plan_delete_cluster(spec, state_of())) == [("delete-cluster", "lh")]
+    with pytest.raises(UserError, match="will not delete it"):
+        cluster.plan_delete_cluster(spec, state_of(**NOT_OURS))
+    assert verbs(cluster.plan_delete_cluster(spec, state_of(**NOT_OURS), adopt=True)) == [
+        ("delete-cluster", "lh")
+    ]
+    with pytest.raises(UserError, match="never deletes"):
+        cluster.plan_delete_cluster(make_cluster(provider="existing", context="x"), ABSENT)
+
+
+# -- real node containers (docker) ------------------------------------------------------------
+
+
+@pytest.fixture
+def nodes_mod() -> Any:
+    from tests.harness import nodes
+
+    return nodes
+
+
+@pytest.fixture
+def cluster_name(nodes_mod: Any) -> Any:
+    name = f"lht-{uuid.uuid4().hex[:8]}"
+    yield name
+    nodes_mod.delete_cluster(name)
+
+
+def harness_node(nodes_mod: Any, name: str, **kw: Any) -> Any:
+    return nodes_mod.NodeSpec(f"{name}-control-plane", "control-plane", **kw)
+
+
+@pytest.mark.docker
+def test_observe_reads_ports_and_mounts_of_node_containers(
+    nodes_mod: Any, cluster_name: str, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    spec = harness_node(
+        nodes_mod,
+        cluster_name,
+        ports=[nodes_mod.PortMapping(80, 38480), nodes_mod.PortMapping(53, 38453, "UDP")],
+        mounts=[nodes_mod.Mount(str(data), "/mnt", read_only=True)],
+    )
+    nodes_mod.create_cluster(cluster_name, [spec])
+    want = make_cluster(
+        name=cluster_name,
+        ports=[{"containerPort": 80, "hostPort": 38480, "listenAddress": "127.0.0.1"}],
+        mounts=[{"hostPath": str(data), "containerPath": "/mnt"}],
+    )
+    state = asyncio.run(cluster.observe_cluster(want))
+    assert [n.name for n in state.nodes] == [f"{cluster_name}-control-plane"]
+    cp = state.control_plane
+    assert cp is not None and cp.running
+    assert set(cp.ports) == {
+        PortBinding(80, "TCP", "127.0.0.1", 38480),
+        PortBinding(53, "UDP", "127.0.0.1", 38453),
+    }
+    assert BindMount(str(data), "/mnt", True, "None") in cp.mounts
+    assert state.publishes(38453, "UDP") and not state.publishes(38453, "TCP")
+    assert not state.owned and "no record" in state.ownership
+    assert cluster.differences(want, state) == [
+        "host port 38453/UDP is published (127.0.0.1:38453 -> node port 53) but not in the spec",
+        "mount /mnt is read-only, the spec asks for the opposite",
+    ]
+
+
+@pytest.mark.docker
+def test_a_same_named_cluster_not_ours_is_refused_and_kept(
+    nodes_mod: Any, cluster_name: str
+) -> None:
+    nodes_mod.create_cluster(cluster_name, [harness_node(nodes_mod, cluster_name)])
+    want = make_cluster(name=cluster_name, ports=[{"containerPort": 80, "hostPort": 38481}])
+    state = asyncio.run(cluster.observe_cluster(want))
+    with pytest.raises(UserError, match=f"cluster {cluster_name}: "):
+        cluster.plan_cluster(want, state, recreate=True)
+    with pytest.raises(UserError, match="will not delete it"):
+        asyncio.run(cluster.delete_cluster(want))
+    assert nodes_mod.list_nodes(cluster_name) == [f"{cluster_name}-control-plane"]
+
+
+@pytest.mark.docker
+def test_ownership_follows_the_record_and_the_container_ids(
+    nodes_mod: Any, cluster_name: str
+) -> None:
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    cluster.write_record(Record(cluster_name, "creating", before.isoformat()))
+    nodes_mod.create_cluster(cluster_name, [harness_node(nodes_mod, cluster_name)])
+    want = make_cluster(name=cluster_name)
+    state = asyncio.run(cluster.observe_cluster(want))
+    assert state.owned and state.unfinished
+    assert "laconic-helm's create of it never finished" in state.problems
+    assert verbs(cluster.plan_cluster(want, state)) == [
+        ("delete-cluster", cluster_name),
+        ("create-cluster", cluster_name),
+    ]
+    # A record written after the containers were made does not claim them.
+    cluster.write_record(Record(cluster_name, "creating", datetime.now(UTC).isoformat()))
+    assert not asyncio.run(cluster.observe_cluster(want)).owned
+    # A finished record owns exactly the containers it lists.
+    ids = tuple(n.id for n in state.nodes)
+    cluster.write_record(Record(cluster_name, "created", before.isoformat(), ids))
+    assert asyncio.run(cluster.observe_cluster(want)).owned
+    cluster.write_record(Record(cluster_name, "created", before.isoformat(), ("0" * 64,)))
+    assert not asyncio.run(cluster.observe_cluster(want)).owned
+
+
+@pytest.mark.docker
+def test_a_stopped_node_of_ours_is_started_not_rebuilt(nodes_mod: Any, cluster_name: str) -> None:
+    nodes_mod.create_cluster(cluster_name, [harness_node(nodes_mod, cluster_name)])
+    node = f"{cluster_name}-control-plane"
+    nodes_mod.docker("stop", "-t", "1", node)
+    want = make_cluster(name=cluster_name)
+    ids = tuple(n.id for n in asyncio.run(cluster.list_nodes(cluster_name)))
+    cluster.write_record(Record(cluster_name, "created", T0.isoformat(), ids))
+    state = asyncio.run(cluster.observe_cluster(want))
+    assert state.problems == (f"node {node} is exited, not running",)
+    actions = cluster.plan_cluster(want, state)
+    assert verbs(actions) == [("start-node", node)]
+    asyncio.run(cluster.apply_cluster(want, state, actions))
+    (after,) = asyncio.run(cluster.list_nodes(cluster_name))
+    assert after.running and after.id == ids[0]
