@@ -3,6 +3,7 @@ hand-built states (unit), the helm adapter with real helm 3 and 4 (helm)."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import time
@@ -13,8 +14,9 @@ import pytest
 from pyhelm3 import errors as helm_errors
 
 from laconic_helm import kube, releases, spec
-from laconic_helm.errors import ReleaseError
-from laconic_helm.helm import classify, release_error
+from laconic_helm.errors import ReleaseError, ToolMissingError
+from laconic_helm.helm import Helm, classify, release_error
+from laconic_helm.helm import connect as helm_connect
 from laconic_helm.releases import DesiredRelease, ObservedObject, ReleaseState, Revision
 
 MINI = Path(__file__).parent / "charts" / "mini"
@@ -459,3 +461,59 @@ def test_live_helm_on_this_host_is_found_by_its_command_line() -> None:
         finally:
             child.kill()
     assert child.pid not in releases.live_helm_pids("mini", "apps")
+
+
+# -- the helm adapter, with real helm 3 and 4 --------------------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _connect(executable: str) -> Helm:
+    return asyncio.run(helm_connect(kubeconfig=None, context=None, executable=executable))
+
+
+@pytest.mark.helm
+def test_connect_reads_the_version_without_a_shell(helm_bin: str) -> None:
+    helm = _connect(helm_bin)
+    assert helm.major == (3 if helm_bin.endswith("helm3") else 4)
+    assert helm.client.version == helm.version
+
+
+@pytest.mark.helm
+def test_connect_names_a_missing_helm(tmp_path: Path) -> None:
+    with pytest.raises(ToolMissingError, match="not found"):
+        _connect(str(tmp_path / "helm"))
+
+
+@pytest.mark.helm
+def test_render_lists_every_object_with_its_namespace(helm_bin: str, tmp_path: Path) -> None:
+    helm = _connect(helm_bin)
+    rel = _spec_release(
+        MINI, tmp_path, values={"clusterRole": {"enabled": True}, "renderNamespace": True}
+    )
+    refs = asyncio.run(releases._render(helm, releases.desired_release(rel), upgrade=False))
+    assert sorted(str(r) for r in refs) == [
+        "ClusterRole mini",
+        "ConfigMap mini-config",
+        "Deployment mini",
+        "Namespace apps",
+        "ServiceAccount mini",
+    ]
+
+
+@pytest.mark.helm
+def test_render_failure_names_the_release(helm_bin: str, chart: Path, tmp_path: Path) -> None:
+    (chart / "templates" / "broken.yaml").write_text('{{ fail "no way" }}\n')
+    helm = _connect(helm_bin)
+    desired = releases.desired_release(_spec_release(chart, tmp_path))
+    with pytest.raises(ReleaseError, match=r"^release mini: the chart does not render.*no way"):
+        asyncio.run(releases._render(helm, desired, upgrade=False))
+
+
+@pytest.mark.helm
+@pytest.mark.parametrize("name", ["caddy-ingress", "agave"])
+def test_project_charts_load_as_pyhelm3_charts(helm_bin: str, name: str) -> None:
+    helm = _connect(helm_bin)
+    desired = DesiredRelease(name, "apps", REPO / "charts" / name, {}, DIGEST)
+    chart = asyncio.run(releases._chart(helm, desired))
+    assert chart.metadata.name == name
