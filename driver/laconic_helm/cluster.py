@@ -570,12 +570,13 @@ def server_port(url: str) -> int | None:
 
 
 async def _probe_api(
-    kubeconfig: str | None, context: str, kind: str, name: str, *, wait: float
+    kubeconfig: str | None, context: str, node: str | None, *, wait: float
 ) -> tuple[str | None, dict[str, Any] | None]:
-    """Asks the API for one object; returns (error or None, the object or None when absent).
+    """Asks the API for the Node `node`, or only for discovery when `node` is None (any user
+    may read that); returns (error or None, the Node or None), retrying for `wait` seconds.
 
-    Retries for `wait` seconds. The kubeconfig text goes to a private temporary file, never to
-    the state folder: observing writes nothing.
+    The kubeconfig text goes to a private temporary file, never to the state folder: observing
+    writes nothing.
     """
     from laconic_helm import kube
 
@@ -589,7 +590,10 @@ async def _probe_api(
         while True:
             try:
                 client = kube.Kube.connect(path, context)
-                return None, await client.get_object(kube.ObjectRef("v1", kind, name))
+                if node is None:
+                    await client.resource("v1", "Node")
+                    return None, None
+                return None, await client.get_object(kube.ObjectRef("v1", "Node", node))
             except ClusterError as exc:
                 if time.monotonic() >= deadline:
                     return exc.message, None
@@ -606,9 +610,7 @@ async def _memlock_runtime(node: str) -> bool | None:
 async def observe_cluster(cluster: Cluster) -> ClusterState:
     """Returns what is there for `cluster`: nodes, ownership, health; changes nothing."""
     if cluster.provider == "existing":
-        error, _ = await _probe_api(
-            None, cluster.kube_context, "Namespace", "default", wait=_API_WAIT
-        )
+        error, _ = await _probe_api(None, cluster.kube_context, None, wait=_API_WAIT)
         problems = (f"the API does not answer: {error}",) if error else ()
         return ClusterState(
             cluster.name, "existing", problems=problems, api_ready=error is None,
@@ -651,7 +653,7 @@ async def observe_cluster(cluster: Cluster) -> ClusterState:
     if cp.started is not None:
         since = (datetime.now(UTC) - cp.started).total_seconds()
         wait = max(wait, _API_WAIT_AFTER_START - since)
-    error, node = await _probe_api(kubeconfig, f"kind-{cluster.name}", "Node", cp.name, wait=wait)
+    error, node = await _probe_api(kubeconfig, f"kind-{cluster.name}", cp.name, wait=wait)
     if error:
         problems.append(f"its API does not answer: {error}")
     labels = dict(node.get("metadata", {}).get("labels") or {}) if node else None
