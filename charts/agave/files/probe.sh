@@ -23,7 +23,7 @@ rpc() {
 rpc_number() {
   local body
   body=$(rpc "$@") || return 1
-  [[ $body =~ \"result\":([0-9]+) ]] || { echo "no slot in: $body" >&2; return 1; }
+  [[ $body =~ \"result\":[[:space:]]*([0-9]+) ]] || { echo "no slot in: $body" >&2; return 1; }
   printf '%s' "${BASH_REMATCH[1]}"
 }
 
@@ -34,7 +34,7 @@ case "${1:-}" in
   ready)
     if [ "${MODE:-test}" = test ]; then
       body=$(rpc getHealth) || exit 1
-      [[ $body == *'"result":"ok"'* ]] || { echo "not healthy: $body" >&2; exit 1; }
+      [[ $body =~ \"result\":[[:space:]]*\"ok\" ]] || { echo "not healthy: $body" >&2; exit 1; }
     else
       slot=$(rpc_number getSlot '[{"commitment":"processed"}]') || exit 1
       tip=$(rpc_number getMaxShredInsertSlot) || exit 1
