@@ -117,6 +117,9 @@ class Release(_Model):
     )
     values: dict[str, Any] = Field(default_factory=dict, description="Inline values, applied last.")
     secrets: tuple[SecretSpec, ...] = Field((), description="Secrets created before the release.")
+    images: tuple[str, ...] = Field(
+        (), description="Images of the spec this release runs; a rebuilt one rolls its pods."
+    )
     wait: bool = Field(True, description="Wait for workloads to be ready.")
     timeout: int = Field(300, ge=1, description="Seconds helm may wait.")
 
@@ -140,6 +143,11 @@ class Spec(_Model):
                     f"duplicates releases[{seen[key]}]"
                 )
             seen[key] = i
+            for j, image in enumerate(r.images):
+                if image not in self.images:
+                    raise ValueError(
+                        f"releases[{i}].images[{j}]: {image!r} is not in the top-level images"
+                    )
         return self
 
 
