@@ -88,3 +88,23 @@ def doctor(app: App) -> None:
         }
 
     _run(app, work)
+
+
+@main.group()
+def images() -> None:
+    """Moves local Docker images into a kind cluster's nodes."""
+
+
+@images.command("load")
+@click.option("--cluster", required=True, help="kind cluster name (its nodes are found by label).")
+@click.argument("image", nargs=-1, required=True)
+@click.pass_obj
+def images_load(app: App, cluster: str, image: tuple[str, ...]) -> None:
+    """Loads IMAGEs into every node of the cluster, sending only what a node lacks."""
+    from laconic_helm import images as loader
+
+    async def work() -> dict[str, Any]:
+        results = await loader.ensure_images(cluster, image, app.reporter)
+        return {"images": [r.as_dict() for r in results]}
+
+    _run(app, work)

@@ -1,0 +1,670 @@
+"""Image loading into kind-like nodes with real containerd: what is present is skipped, what a
+node lacks is all that travels, and a load killed half-way is finished by the next one."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import pytest
+from click.testing import CliRunner
+
+from laconic_helm import images, proc
+from laconic_helm.archive import (
+    LegacyLayers,
+    TarReader,
+    TarWriter,
+    chain_ids,
+)
+from laconic_helm.cli import main
+from laconic_helm.output import Reporter
+from tests.harness import nodes
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+    from pathlib import Path
+
+MiB = 1 << 20
+
+
+def _digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+# --- pure parts ---------------------------------------------------------------------------
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("ref", "name"),
+    [
+        ("nginx", "docker.io/library/nginx:latest"),
+        ("nginx:1.27", "docker.io/library/nginx:1.27"),
+        ("laconicnetwork/agave:local", "docker.io/laconicnetwork/agave:local"),
+        ("docker.io/library/busybox:1", "docker.io/library/busybox:1"),
+        ("index.docker.io/me/app:2", "docker.io/me/app:2"),
+        (
+            "ghcr.io/laconicnetwork/caddy-ingress:latest",
+            "ghcr.io/laconicnetwork/caddy-ingress:latest",
+        ),
+        ("localhost:5001/app", "localhost:5001/app:latest"),
+        ("localhost/app:1", "localhost/app:1"),
+        ("registry:5000/team/app:3", "registry:5000/team/app:3"),
+        ("app@sha256:" + "a" * 64, "docker.io/library/app@sha256:" + "a" * 64),
+    ],
+)
+def test_containerd_name(ref: str, name: str) -> None:
+    assert images.containerd_name(ref) == name
+
+
+@pytest.mark.unit
+def test_chain_ids_follow_the_oci_rule() -> None:
+    d1, d2 = _digest(b"one"), _digest(b"two")
+    assert chain_ids([d1, d2]) == [d1, _digest(f"{d1} {d2}".encode())]
+
+
+def _sample_tar(fmt: int) -> tuple[bytes, dict[str, bytes]]:
+    files = {
+        "short": b"x" * 10,
+        "dir-" + "n" * 120 + "/layer.tar": os.urandom(3 * MiB + 7),
+        "empty": b"",
+    }
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("a/layer.tar")
+        link.type = tarfile.SYMTYPE
+        link.linkname = "../b/layer.tar"
+        tar.addfile(link)
+    return buf.getvalue(), files
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT])
+def test_tar_reader_reads_long_names_links_and_big_files(fmt: int) -> None:
+    data, files = _sample_tar(fmt)
+
+    async def read() -> tuple[dict[str, bytes], dict[str, str]]:
+        stream = asyncio.StreamReader()
+        stream.feed_data(data)
+        stream.feed_eof()
+        reader = TarReader(stream)
+        seen: dict[str, bytes] = {}
+        links: dict[str, str] = {}
+        while (entry := await reader.next()) is not None:
+            if entry.type == tarfile.SYMTYPE:
+                links[entry.name] = entry.linkname
+            elif entry.name != "empty":
+                seen[entry.name] = b"".join([c async for c in reader.chunks()])
+            else:
+                seen[entry.name] = b""  # left unread: next() must skip it
+        return seen, links
+
+    seen, links = asyncio.run(read())
+    assert seen == files
+    assert links == {"a/layer.tar": "../b/layer.tar"}
+
+
+@pytest.mark.unit
+def test_tar_reader_rejects_a_cut_archive() -> None:
+    data, _ = _sample_tar(tarfile.PAX_FORMAT)
+
+    async def read() -> None:
+        stream = asyncio.StreamReader()
+        stream.feed_data(data[: 2 * MiB])
+        stream.feed_eof()
+        reader = TarReader(stream)
+        while await reader.next() is not None:
+            pass
+
+    with pytest.raises(images.ImageLoadError, match="ended"):
+        asyncio.run(read())
+
+
+class _Sink:
+    """Collects what a TarWriter writes (the writer's pipe end)."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    async def drain(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+    async def wait_closed(self) -> None:
+        pass
+
+
+@pytest.mark.unit
+def test_tar_writer_output_is_a_tar_that_counts_every_byte() -> None:
+    sink = _Sink()
+    long_name = "blobs/sha256/" + "f" * 64 + "/" + "x" * 80
+
+    async def write() -> int:
+        writer = TarWriter(sink)  # type: ignore[arg-type]
+        await writer.add("index.json", b"{}")
+        writer.begin(long_name, 1000)
+        writer.data(b"a" * 600)
+        writer.data(b"b" * 400)
+        writer.end(1000)
+        await writer.close()
+        return writer.written
+
+    written = asyncio.run(write())
+    assert written == len(sink.data) and sink.closed
+    with tarfile.open(fileobj=io.BytesIO(bytes(sink.data))) as tar:
+        got = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}  # type: ignore[union-attr]
+    assert got == {"index.json": b"{}", long_name: b"a" * 600 + b"b" * 400}
+
+
+@pytest.mark.unit
+def test_legacy_layers_leave_an_unprovable_directory_unknown() -> None:
+    layers = LegacyLayers([[_digest(b"layer")]])
+    document = b'{"id":"' + b"0" * 64 + b'","created":"1970-01-01T00:00:00Z","os":"linux"}'
+    assert layers.learn("0" * 64, document) is None
+    assert layers.learn("0" * 64, b"not json") is None
+    assert layers.diff_of_dir == {}
+
+
+def _image(
+    diffs: Sequence[str], *, name: str = "docker.io/library/a:1", id: str = ""
+) -> images.LocalImage:
+    return images.LocalImage("a:1", name, id or _digest(b"config"), tuple(diffs), 0)
+
+
+def _state(
+    records: dict[str, str], blobs: dict[str, dict[str, str]], snapshotter: str = "overlayfs"
+) -> images.NodeState:
+    return images.NodeState("n1", snapshotter, records, blobs)
+
+
+D1, D2 = _digest(b"d1"), _digest(b"d2")
+CONFIG, MANIFEST, INDEX = _digest(b"config"), _digest(b"manifest"), _digest(b"index")
+CHAIN = chain_ids([D1, D2])[-1]
+SNAP = "containerd.io/gc.ref.snapshot.overlayfs"
+MANIFEST_LABELS = {
+    "containerd.io/gc.ref.content.config": CONFIG,
+    "containerd.io/gc.ref.content.l.0": D1,
+    "containerd.io/gc.ref.content.l.1": D2,
+}
+UNPACKED = {MANIFEST: MANIFEST_LABELS, CONFIG: {SNAP: CHAIN}, D1: {}, D2: {}}
+NAME = "docker.io/library/a:1"
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("records", "blobs", "snapshotter", "holds", "source"),
+    [
+        pytest.param({NAME: MANIFEST}, UNPACKED, "overlayfs", True, None, id="present"),
+        pytest.param(
+            {NAME: MANIFEST}, {**UNPACKED, CONFIG: {}}, "overlayfs", False, None, id="not-unpacked"
+        ),
+        pytest.param(
+            {NAME: MANIFEST}, {**UNPACKED, CONFIG: {SNAP: D1}}, "overlayfs", False, None,
+            id="unpacked-partly",
+        ),
+        pytest.param({NAME: MANIFEST}, UNPACKED, "native", False, None, id="other-snapshotter"),
+        pytest.param(
+            {"docker.io/library/a:old": MANIFEST, "sha256:" + "c" * 64: MANIFEST}, UNPACKED,
+            "overlayfs", False, "docker.io/library/a:old", id="retag-prefers-a-name",
+        ),
+        pytest.param(
+            {NAME: MANIFEST}, {k: v for k, v in UNPACKED.items() if k != CONFIG}, "overlayfs",
+            False, None, id="config-gone",
+        ),
+    ],
+)  # fmt: skip
+def test_node_state_decides_presence(
+    records: dict[str, str],
+    blobs: dict[str, dict[str, str]],
+    snapshotter: str,
+    holds: bool,
+    source: str | None,
+) -> None:
+    state = _state(records, blobs, snapshotter)
+    image = _image([D1, D2])
+    assert state.holds(image) is holds
+    assert state.retag_source(image) == source
+
+
+@pytest.mark.unit
+def test_node_state_knows_images_by_index_digest() -> None:
+    """With Docker's containerd image store the image ID is the index digest."""
+    blobs = {**UNPACKED, INDEX: {"containerd.io/gc.ref.content.m.0": MANIFEST}}
+    state = _state({NAME: INDEX}, blobs)
+    assert state.holds(_image([D1, D2], id=INDEX))
+    assert not state.holds(_image([D1, D2], id=_digest(b"another index")))
+
+
+@pytest.mark.unit
+def test_kept_blobs_are_reachable_from_images_or_marked() -> None:
+    leased_only, marked = _digest(b"leased"), _digest(b"marked")
+    blobs = {**UNPACKED, leased_only: {}, marked: {images.GC_ROOT: images.HOLD_MARK}}
+    state = _state({NAME: MANIFEST}, blobs)
+    assert state.kept() == {MANIFEST, CONFIG, D1, D2, marked}
+    assert state.marked() == [marked]
+
+
+@pytest.mark.unit
+def test_plan_covers_every_image_and_node() -> None:
+    image = _image([D1, D2])
+    states = {
+        "n1": _state({NAME: MANIFEST}, UNPACKED),
+        "n2": _state({"docker.io/library/a:old": MANIFEST}, UNPACKED),
+        "n3": _state({}, {}),
+    }
+    plan = [(a.node, a.action, a.source) for a in images.plan_images([image], states)]
+    assert plan == [
+        ("n1", "present", ""),
+        ("n2", "retag", "docker.io/library/a:old"),
+        ("n3", "load", ""),
+    ]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("dump", "snapshotter"),
+    [
+        ('version = 2\n[plugins."io.containerd.grpc.v1.cri".containerd]\nsnapshotter = "native"\n',
+         "native"),
+        ('version = 3\n[plugins."io.containerd.cri.v1.images"]\nsnapshotter = "fuse-overlayfs"\n',
+         "fuse-overlayfs"),
+        ("version = 2\n", "overlayfs"),
+        ("not toml [", "overlayfs"),
+    ],
+)  # fmt: skip
+def test_snapshotter_from_config_dump(dump: str, snapshotter: str) -> None:
+    assert images._snapshotter(dump) == snapshotter
+
+
+# --- real docker and containerd -------------------------------------------------------------
+
+
+@dataclass
+class Builder:
+    """Builds small images offline (legacy builder, FROM scratch + files) and removes them."""
+
+    repo: str
+    root: Path
+    built: list[str]
+
+    def build(self, tag: str, files: dict[str, bytes], base: str | None = None) -> str:
+        ref = f"{self.repo}/{tag}"
+        context = self.root / uuid.uuid4().hex
+        context.mkdir()
+        lines = [f"FROM {base or 'scratch'}"]
+        for name, data in files.items():
+            (context / name).write_bytes(data)
+            lines.append(f"COPY {name} /{name}")
+        (context / "Dockerfile").write_text("\n".join(lines) + "\n")
+        subprocess.run(
+            ["docker", "build", "-q", "-t", ref, str(context)],
+            env={**os.environ, "DOCKER_BUILDKIT": "0"},
+            capture_output=True,
+            check=True,
+        )
+        self.built.append(ref)
+        return ref
+
+
+@pytest.fixture
+def builder(tmp_path: Path) -> Iterator[Builder]:
+    b = Builder(f"laconic-helm-test/img-{uuid.uuid4().hex[:8]}", tmp_path, [])
+    try:
+        yield b
+    finally:
+        if b.built:
+            subprocess.run(["docker", "rmi", "-f", *b.built], capture_output=True, check=False)
+
+
+@pytest.fixture
+def cluster() -> Iterator[str]:
+    name = f"lh-img-{uuid.uuid4().hex[:8]}"
+    try:
+        nodes.create_cluster(name)
+        yield name
+    finally:
+        nodes.delete_cluster(name)
+
+
+def _load(cluster: str, *refs: str, **kwargs: object) -> dict[str, images.ImageResult]:
+    reporter = Reporter("human", stream=io.StringIO())
+    results = asyncio.run(images.ensure_images(cluster, refs, reporter, **kwargs))  # type: ignore[arg-type]
+    return {r.image: r for r in results}
+
+
+def _content(node: str) -> dict[str, str]:
+    """Digest -> the rest of its `ctr content ls` row (labels included)."""
+    out = nodes.docker("exec", node, "ctr", "-n", "k8s.io", "content", "ls")
+    return {line.split()[0]: line for line in out.splitlines()[1:] if line.strip()}
+
+
+def _diff_ids(ref: str) -> list[str]:
+    return json.loads(nodes.docker("image", "inspect", "--format", "{{json .RootFS.Layers}}", ref))
+
+
+@pytest.mark.docker
+def test_load_then_present_sends_nothing(builder: Builder, cluster: str) -> None:
+    ref = builder.build("a:1", {"base": os.urandom(2 * MiB), "top": os.urandom(64 << 10)})
+    node = f"{cluster}-control-plane"
+
+    first = _load(cluster, ref)[ref]
+    assert (first.status, first.nodes) == ("loaded", {node: "load"})
+    assert 2 * MiB < first.bytes_sent < 2 * MiB + (200 << 10)
+    assert images.containerd_name(ref) in nodes.ctr_images(node)
+
+    again = _load(cluster, ref)[ref]
+    assert (again.status, again.bytes_sent, again.nodes) == ("skipped", 0, {node: "present"})
+
+
+@pytest.mark.docker
+def test_cli_reports_json_summary(builder: Builder, cluster: str) -> None:
+    ref = builder.build("a:1", {"f": os.urandom(100 << 10)})
+    args = ["-o", "json", "images", "load", "--cluster", cluster, ref]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    (entry,) = report["images"]
+    assert entry["image"] == ref and entry["status"] == "loaded"
+    assert entry["bytes_sent"] > 100 << 10 and entry["seconds"] > 0
+    assert report["changed"] is True
+
+
+@pytest.mark.docker
+def test_retag_when_the_id_is_there_under_another_name(builder: Builder, cluster: str) -> None:
+    ref = builder.build("a:1", {"f": os.urandom(MiB)})
+    alias = f"{builder.repo}/alias:7"
+    nodes.docker("tag", ref, alias)
+    builder.built.append(alias)
+    node = f"{cluster}-control-plane"
+    _load(cluster, ref)
+
+    result = _load(cluster, alias)[alias]
+    assert (result.status, result.bytes_sent, result.nodes) == ("retagged", 0, {node: "retag"})
+    held = nodes.ctr_images(node)
+    assert images.containerd_name(ref) in held and images.containerd_name(alias) in held
+    assert _load(cluster, alias)[alias].status == "skipped"
+
+
+@pytest.mark.docker
+def test_shared_base_is_sent_once(builder: Builder, cluster: str) -> None:
+    base = builder.build("base:1", {"base": os.urandom(4 * MiB)})
+    one = builder.build("one:1", {"top": os.urandom(128 << 10)}, base=base)
+    two = builder.build("two:1", {"top": os.urandom(128 << 10)}, base=base)
+
+    results = _load(cluster, one, two)
+    total = sum(r.bytes_sent for r in results.values())
+    assert {r.status for r in results.values()} == {"loaded"}
+    assert 4 * MiB + (256 << 10) < total < 4 * MiB + (512 << 10)  # not 2 x 4 MiB
+    held = nodes.ctr_images(f"{cluster}-control-plane")
+    assert {images.containerd_name(one), images.containerd_name(two)} <= set(held)
+
+
+@pytest.mark.docker
+def test_rebuilt_image_sends_only_its_new_layer(builder: Builder, cluster: str) -> None:
+    lower = {"l1": os.urandom(3 * MiB), "l2": os.urandom(3 * MiB)}
+    old = builder.build("app:1", {**lower, "top": os.urandom(256 << 10)})
+    _load(cluster, old)
+    new = builder.build("app:2", {**lower, "top": os.urandom(300 << 10)})
+    assert _diff_ids(new)[:2] == _diff_ids(old)[:2]
+
+    result = _load(cluster, new)[new]
+    assert result.status == "loaded"
+    assert 300 << 10 < result.bytes_sent < 1.1 * (300 << 10) + (16 << 10)
+    assert images.containerd_name(new) in nodes.ctr_images(f"{cluster}-control-plane")
+
+
+@pytest.mark.docker
+def test_all_nodes_get_the_image_and_only_a_lacking_node_is_loaded(builder: Builder) -> None:
+    name = f"lh-img-{uuid.uuid4().hex[:8]}"
+    ref = builder.build("a:1", {"f": os.urandom(MiB)})
+    try:
+        cp, worker = nodes.create_cluster(name, nodes.node_specs(name, workers=1))
+        first = _load(name, ref)[ref]
+        assert first.nodes == {cp: "load", worker: "load"}
+        image_id = nodes.docker("image", "inspect", "--format", "{{.Id}}", ref).strip()
+        nodes.docker("exec", worker, "ctr", "-n", "k8s.io", "images", "rm",
+                     images.containerd_name(ref), image_id)  # fmt: skip
+        second = _load(name, ref)[ref]
+        assert second.nodes == {cp: "present", worker: "load"}
+        assert images.containerd_name(ref) in nodes.ctr_images(worker)
+    finally:
+        nodes.delete_cluster(name)
+
+
+@pytest.mark.docker
+def test_an_image_imported_but_not_unpacked_is_not_present(builder: Builder, cluster: str) -> None:
+    """What a load killed during unpacking leaves: the name exists, the snapshot does not."""
+    ref = builder.build("a:1", {"f": os.urandom(2 * MiB)})
+    node = f"{cluster}-control-plane"
+    saved = subprocess.run(["docker", "save", ref], capture_output=True, check=True).stdout
+    nodes.docker("exec", "-i", node, "ctr", "-n", "k8s.io", "images", "import", "--no-unpack",
+                 "-", input=saved)  # fmt: skip
+    assert images.containerd_name(ref) in nodes.ctr_images(node)
+
+    result = _load(cluster, ref)[ref]
+    assert result.status == "loaded"
+    assert result.bytes_sent < 64 << 10  # every blob was there; only the manifest travelled
+    assert _load(cluster, ref)[ref].status == "skipped"
+
+
+@pytest.mark.docker
+def test_killed_load_leaves_no_image_and_the_next_run_finishes_it(
+    builder: Builder, cluster: str
+) -> None:
+    layers = {f"l{i}": os.urandom(48 * MiB) for i in range(4)}
+    ref = builder.build("big:1", layers)
+    node = f"{cluster}-control-plane"
+    cli = [sys.executable, "-m", "laconic_helm", "images", "load", "--cluster", cluster, ref]
+    loader = subprocess.Popen(cli, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(images.HOLD_MARK in row for row in _content(node).values()):
+            assert loader.poll() is None, "the load finished before it could be interrupted"
+            assert time.monotonic() < deadline, "no layer reached the node"
+            time.sleep(0.1)
+        loader.send_signal(signal.SIGKILL)
+    finally:
+        loader.wait()
+    assert images.containerd_name(ref) not in nodes.ctr_images(node)
+
+    time.sleep(1)  # the node's importer sees its input end and gives up its lease
+    kept = [d for d, row in _content(node).items() if images.HOLD_MARK in row]
+    assert kept and set(kept) <= set(_diff_ids(ref))
+
+    result = _load(cluster, ref)[ref]
+    assert result.status == "loaded"
+    assert result.bytes_sent < (4 - len(kept)) * 48 * MiB + MiB  # kept layers did not travel
+    assert images.containerd_name(ref) in nodes.ctr_images(node)
+    assert not any(images.HOLD_MARK in row for row in _content(node).values())
+
+
+@pytest.mark.docker
+def test_legacy_layer_directories_map_to_diff_ids(builder: Builder) -> None:
+    """Every v1-named directory of a real `docker save` is resolved, as manifest.json says."""
+    base = builder.build("base:1", {"b": os.urandom(MiB)})
+    one = builder.build("one:1", {"t": b"one"}, base=base)
+    two = builder.build("two:1", {"t": b"two", "u": b"more"}, base=base)
+    saved = subprocess.run(["docker", "save", one, two], capture_output=True, check=True).stdout
+    layers = LegacyLayers([_diff_ids(one), _diff_ids(two)])
+    with tarfile.open(fileobj=io.BytesIO(saved)) as tar:
+        manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
+        for member in tar.getmembers():
+            if member.name.endswith("/json"):
+                layers.learn(member.name.split("/")[0], tar.extractfile(member).read())  # type: ignore[union-attr]
+    expected = {}
+    for item in manifest:
+        config = json.loads(saved_config(saved, item["Config"]))
+        for path, diff in zip(item["Layers"], config["rootfs"]["diff_ids"], strict=True):
+            expected[path.split("/")[0]] = diff
+    assert layers.diff_of_dir == expected
+    # Lower layers keep their directory names across images (the base is the same directory).
+    assert manifest[0]["Layers"][0] == manifest[1]["Layers"][0]
+
+
+def saved_config(saved: bytes, name: str) -> bytes:
+    with tarfile.open(fileobj=io.BytesIO(saved)) as tar:
+        return tar.extractfile(name).read()  # type: ignore[union-attr]
+
+
+def _oci_archive(saved: bytes, name: str) -> bytes:
+    """Rewrites a legacy archive as Docker >= 25 with containerd's store writes it: an OCI
+    layout, gzip layers, a multi-platform index whose other platform's blobs are absent."""
+    with tarfile.open(fileobj=io.BytesIO(saved)) as tar:
+        (item,) = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
+        config = tar.extractfile(item["Config"]).read()  # type: ignore[union-attr]
+        layers = [gzip.compress(tar.extractfile(p).read(), mtime=0) for p in item["Layers"]]  # type: ignore[union-attr]
+    blobs = [config, *layers]
+    manifest = json.dumps({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": _digest(config), "size": len(config)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": _digest(layer), "size": len(layer)} for layer in layers],
+    }).encode()  # fmt: skip
+    absent = _digest(b"arm64 manifest that was never pulled")
+    index = json.dumps({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": _digest(manifest),
+             "size": len(manifest), "platform": {"architecture": "amd64", "os": "linux"}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": absent,
+             "size": 1234, "platform": {"architecture": "arm64", "os": "linux"}},
+        ],
+    }).encode()  # fmt: skip
+    top = json.dumps({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.index.v1+json",
+                       "digest": _digest(index), "size": len(index),
+                       "annotations": {"io.containerd.image.name": name}}],
+    }).encode()  # fmt: skip
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        entries = [(f"blobs/sha256/{_digest(b)[7:]}", b) for b in (*blobs, manifest, index)]
+        for path, data in [*sorted(entries), ("index.json", top), ("oci-layout", b"{}"),
+                           ("manifest.json", b"[]")]:  # fmt: skip
+            info = tarfile.TarInfo(path)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+@pytest.mark.docker
+def test_oci_layout_archives_with_compressed_multi_platform_images(
+    builder: Builder, cluster: str, tmp_path: Path
+) -> None:
+    """The Docker >= 25 archive shape, made here from a real save (this daemon writes legacy)."""
+    base = builder.build("base:1", {"b": os.urandom(3 * MiB)})
+    one = builder.build("one:1", {"t": os.urandom(200 << 10)}, base=base)
+    two = builder.build("two:1", {"t": os.urandom(200 << 10)}, base=base)
+    archives = {}
+    for ref in (one, two):
+        saved = subprocess.run(["docker", "save", ref], capture_output=True, check=True).stdout
+        archives[ref] = tmp_path / f"{uuid.uuid4().hex}.tar"
+        archives[ref].write_bytes(_oci_archive(saved, images.containerd_name(ref)))
+
+    async def cat(refs: Sequence[str]) -> asyncio.subprocess.Process:
+        (ref,) = refs
+        return await proc.spawn(["cat", str(archives[ref])])
+
+    first = _load(cluster, one, archive=cat)[one]
+    assert first.status == "loaded" and first.bytes_sent > 3 * MiB
+    second = _load(cluster, two, archive=cat)[two]
+    assert second.status == "loaded"
+    assert second.bytes_sent < 220 << 10  # the shared gzip base blob stayed home
+    held = nodes.ctr_images(f"{cluster}-control-plane")
+    assert {images.containerd_name(one), images.containerd_name(two)} <= set(held)
+    assert _load(cluster, one, two, archive=cat)[two].status == "skipped"
+
+
+# --- bad input: one line, exit code 2, nothing moved ---------------------------------------
+
+
+def _bad(*args: str) -> str:
+    result = CliRunner().invoke(main, ["images", "load", *args])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+@pytest.mark.docker
+def test_missing_local_image_is_named_before_anything_moves(builder: Builder, cluster: str) -> None:
+    ref = builder.build("a:1", {"f": b"x"})
+    missing = f"{builder.repo}/missing:1"
+    line = _bad("--cluster", cluster, ref, missing)
+    assert line == f"error: image not present locally: {missing}"
+    assert nodes.ctr_images(f"{cluster}-control-plane") == []
+
+
+@pytest.mark.docker
+def test_unknown_cluster_is_named(builder: Builder) -> None:
+    ref = builder.build("a:1", {"f": b"x"})
+    name = f"lh-img-none-{uuid.uuid4().hex[:6]}"
+    assert _bad("--cluster", name, ref).startswith(f'error: unknown cluster "{name}"')
+
+
+def _lone_container(cluster: str, role: str) -> str:
+    """A container labelled as a node of `cluster` that runs no containerd."""
+    name = f"{cluster}-{role}"
+    nodes.docker("run", "-d", "--name", name, "--label", f"{nodes.CLUSTER_LABEL}={cluster}",
+                 "--label", f"{nodes.ROLE_LABEL}={role}", nodes.ensure_node_image(),
+                 "/bin/busybox", "sleep", "600")  # fmt: skip
+    return name
+
+
+@pytest.mark.docker
+def test_cluster_without_nodes_is_named(builder: Builder) -> None:
+    ref = builder.build("a:1", {"f": b"x"})
+    name = f"lh-img-{uuid.uuid4().hex[:8]}"
+    try:
+        _lone_container(name, "external-load-balancer")
+        assert _bad("--cluster", name, ref).startswith(f'error: cluster "{name}" has no nodes')
+    finally:
+        nodes.delete_cluster(name)
+
+
+@pytest.mark.docker
+def test_stopped_node_is_named(builder: Builder, cluster: str) -> None:
+    ref = builder.build("a:1", {"f": b"x"})
+    nodes.docker("stop", "-t", "0", f"{cluster}-control-plane")
+    line = _bad("--cluster", cluster, ref)
+    assert (
+        line
+        == f'error: node {cluster}-control-plane of cluster "{cluster}" is not running (exited)'
+    )
+
+
+@pytest.mark.docker
+def test_node_without_containerd_is_named(builder: Builder) -> None:
+    ref = builder.build("a:1", {"f": b"x"})
+    name = f"lh-img-{uuid.uuid4().hex[:8]}"
+    try:
+        node = _lone_container(name, "control-plane")
+        line = _bad("--cluster", name, ref)
+        assert line.startswith(f"error: containerd in node {node} does not answer: ")
+    finally:
+        nodes.delete_cluster(name)
