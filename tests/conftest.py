@@ -26,6 +26,9 @@ os.environ["PATH"] = f"{TOOLS_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
 
 HELM_BINARIES = {4: "helm", 3: "helm3"}
 
+# kube_api, namespace, kubelet, kind_cli: see tests/harness/fixtures.py.
+pytest_plugins = ["tests.harness.fixtures"]
+
 
 def _docker_answers() -> bool:
     if shutil.which("docker") is None:
@@ -42,7 +45,11 @@ def _missing(marker: str) -> str | None:
     if marker == "docker":
         return None if _docker_answers() else "no Docker daemon answers"
     if marker == "apiserver":
-        absent = [n for n in ("kube-apiserver", "etcd") if shutil.which(n) is None]
+        absent = [
+            n
+            for n in ("kube-apiserver", "kube-controller-manager", "etcd")
+            if shutil.which(n) is None
+        ]
         return f"stand-in API binaries not provisioned: {', '.join(absent)}" if absent else None
     if marker == "cluster":
         if os.environ.get("LACONIC_HELM_E2E") != "1":

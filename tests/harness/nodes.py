@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import shutil
 import subprocess
 import tarfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,9 @@ CLUSTER_LABEL = "io.x-k8s.kind.cluster"
 ROLE_LABEL = "io.x-k8s.kind.role"
 NODE_IMAGE_REPO = "laconic-helm-test/node"
 HARNESS_LABEL = "dev.laconic-helm.test-harness"  # lets a sweep find leftovers of killed runs
+# The label's value is the pid of the test session that owns the node (inherited by the kind
+# stand-in through this variable), so a sweep removes only nodes whose session is gone.
+OWNER_ENV = "LACONIC_HELM_TEST_OWNER"
 
 _NODE_PROGRAMS = ("/usr/bin/containerd", "/usr/bin/ctr", "/bin/busybox")
 
@@ -65,7 +69,9 @@ def ensure_node_image() -> str:
     """Builds the node image once per set of host binaries (offline, with `docker import`)."""
     missing = [p for p in _NODE_PROGRAMS if not Path(p).exists()]
     if missing:
-        raise RuntimeError(f"node image needs {', '.join(missing)} (apt-get install containerd busybox)")
+        raise RuntimeError(
+            f"node image needs {', '.join(missing)} (apt-get install containerd busybox)"
+        )
     files = [lib for prog in _NODE_PROGRAMS for lib in (prog, *_shared_libraries(prog))]
     digest = hashlib.sha256()
     for path in sorted(set(files)):
@@ -100,6 +106,7 @@ class Mount:
     host_path: str
     container_path: str
     read_only: bool = False
+    propagation: str = ""  # docker's rslave/rshared, as kind maps HostToContainer/Bidirectional
 
 
 @dataclass(frozen=True)
@@ -109,6 +116,8 @@ class NodeSpec:
     ports: Sequence[PortMapping] = ()
     mounts: Sequence[Mount] = ()
     labels: dict[str, str] = field(default_factory=dict)
+    files: Mapping[str, bytes] = field(default_factory=dict)  # placed in the node before it starts
+    command: Sequence[str] = ()  # replaces the image's CMD (containerd) when given
 
 
 def node_specs(cluster: str, workers: int = 0) -> list[NodeSpec]:
@@ -123,8 +132,7 @@ def node_specs(cluster: str, workers: int = 0) -> list[NodeSpec]:
 def start_node(cluster: str, spec: NodeSpec, image: str | None = None) -> str:
     """Starts one node container with containerd running inside; returns its name."""
     args = [
-        "run",
-        "-d",
+        "create",
         "--name",
         spec.name,
         "--hostname",
@@ -134,7 +142,7 @@ def start_node(cluster: str, spec: NodeSpec, image: str | None = None) -> str:
         "--label",
         f"{ROLE_LABEL}={spec.role}",
         "--label",
-        f"{HARNESS_LABEL}=1",
+        f"{HARNESS_LABEL}={os.environ.get(OWNER_ENV) or os.getpid()}",
         # The overlayfs snapshotter cannot sit on the container's own overlay root.
         "-v",
         "/var/lib/containerd",
@@ -151,9 +159,24 @@ def start_node(cluster: str, spec: NodeSpec, image: str | None = None) -> str:
         proto = "" if p.protocol.upper() == "TCP" else f"/{p.protocol.lower()}"
         args += ["-p", f"{p.listen_address}:{p.host_port}:{p.container_port}{proto}"]
     for m in spec.mounts:
-        args += ["-v", f"{m.host_path}:{m.container_path}{':ro' if m.read_only else ''}"]
-    docker(*args, image or ensure_node_image())
+        options = ",".join(o for o in ("ro" if m.read_only else "", m.propagation) if o)
+        args += ["-v", f"{m.host_path}:{m.container_path}{':' + options if options else ''}"]
+    docker(*args, image or ensure_node_image(), *spec.command)
+    if spec.files:
+        docker("cp", "-", f"{spec.name}:/", input=_files_tar(spec.files))
+    docker("start", spec.name)
     return spec.name
+
+
+def _files_tar(files: Mapping[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for path, data in sorted(files.items()):
+            info = tarfile.TarInfo(path.lstrip("/"))
+            info.size = len(data)
+            info.mode = 0o755 if data.startswith(b"#!") else 0o600
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
 
 
 def wait_ready(node: str, timeout: float = 30.0) -> None:
@@ -179,7 +202,8 @@ def create_cluster(cluster: str, specs: Sequence[NodeSpec] | None = None) -> lis
 
 
 def list_nodes(cluster: str) -> list[str]:
-    out = docker("ps", "-a", "--filter", f"label={CLUSTER_LABEL}={cluster}", "--format", "{{.Names}}")
+    label = f"label={CLUSTER_LABEL}={cluster}"
+    out = docker("ps", "-a", "--filter", label, "--format", "{{.Names}}")
     return sorted(out.split())
 
 
@@ -208,6 +232,52 @@ def ctr_images(node: str) -> list[str]:
 
 
 def docker_available() -> bool:
-    return shutil.which("docker") is not None and subprocess.run(
-        ["docker", "info"], capture_output=True, check=False
-    ).returncode == 0
+    return (
+        shutil.which("docker") is not None
+        and subprocess.run(["docker", "info"], capture_output=True, check=False).returncode == 0
+    )
+
+
+def mount_propagates(host_path: str) -> bool:
+    """Whether the host mount holding `host_path` is shared or a slave: docker refuses
+    rslave/rshared bind mounts of anything else (kind on such a host fails the same way)."""
+    target = Path(host_path).resolve()
+    best, optional = "", ""
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split(" - ")[0].split()
+        point = fields[4]
+        if target.is_relative_to(point) and len(point) >= len(best):
+            best, optional = point, " ".join(fields[6:])
+    return "shared:" in optional or "master:" in optional
+
+
+def _owner_gone(owner: str) -> bool:
+    if not owner.isdigit():
+        return False
+    try:
+        os.kill(int(owner), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def remove_orphans() -> list[str]:
+    """Removes harness nodes whose test session has ended (killed runs); returns their names."""
+    out = docker(
+        "ps",
+        "-a",
+        "--filter",
+        f"label={HARNESS_LABEL}",
+        "--format",
+        f'{{{{.Names}}}} {{{{.Label "{HARNESS_LABEL}"}}}}',
+    )
+    orphans = [
+        name
+        for name, _, owner in (line.partition(" ") for line in out.splitlines())
+        if _owner_gone(owner)
+    ]
+    if orphans:
+        docker("rm", "-f", "-v", *orphans)
+    return orphans

@@ -1,0 +1,288 @@
+"""The harness's pytest fixtures (registered by tests/conftest.py through pytest_plugins).
+
+Each fixture comes in two variants, run by the same test body: the stand-in (marker
+`apiserver`, plus `docker` for kind clusters), which runs here and in CI, and the real kind
+cluster (marker `cluster`), which runs only with LACONIC_HELM_E2E=1 where kind works and skips
+elsewhere with the reason.
+
+- kube_api (session): KubeAPI of one Kubernetes API for the whole session.
+- namespace: a fresh namespace in kube_api, deleted after the test.
+- kubelet: the kubelet stand-in running for the whole test (a real cluster has its own).
+- kind_cli: a `kind` to drive (the stand-in, first on PATH, or the real one), a private
+  $KUBECONFIG, and teardown of every cluster the test made, failed or not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.harness import controlplane, nodes, realkind, standin
+from tests.harness.api import KubeAPI
+from tests.harness.audit import AuditLog
+from tests.harness.client import Client
+from tests.harness.kubelet import Kubelet, NodeInfo, kind_node_labels, register_node
+
+# Nodes made by this session, by the kind stand-in included, carry this pid; a later session
+# removes them if this one was killed before its teardown.
+os.environ.setdefault(nodes.OWNER_ENV, str(os.getpid()))
+
+STANDIN_BIN = Path(__file__).resolve().parent / "bin"
+STANDIN_NODE = "standin-control-plane"
+E2E_CLUSTER = f"laconic-helm-e2e-{os.getpid()}"
+
+_startup: dict[str, float] = {}
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for what, seconds in _startup.items():
+        terminalreporter.write_line(f"{what} ready in {seconds:.1f} s")
+
+
+@contextlib.contextmanager
+def _standin_api(workdir: Path) -> Iterator[KubeAPI]:
+    started = time.monotonic()
+    plane = controlplane.HostControlPlane(workdir)
+    plane.start()
+    try:
+        context = "laconic-helm-standin"
+        kubeconfig = workdir / "kubeconfig"
+        kubeconfig.write_text(
+            controlplane.admin_kubeconfig(plane.layout.pki, plane.server, context)
+        )
+        kubeconfig.chmod(0o600)
+        harness = Client(controlplane.credentials(plane.layout.pki, plane.server, "harness"))
+        # One node labelled as laconic-so's kind control-plane (ingress-ready), untainted as
+        # kind leaves a single-node cluster.
+        register_node(
+            harness,
+            NodeInfo(
+                name=STANDIN_NODE,
+                address="172.18.0.2",
+                labels=kind_node_labels(STANDIN_NODE, "control-plane", {"ingress-ready": "true"}),
+            ),
+        )
+        audit_log = plane.layout.audit_log
+
+        def read_from(offset: int) -> bytes:
+            with audit_log.open("rb") as f:
+                f.seek(offset)
+                return f.read()
+
+        api = KubeAPI(
+            kubeconfig=kubeconfig,
+            context=context,
+            server=plane.server,
+            admin=Client(controlplane.credentials(plane.layout.pki, plane.server, "admin")),
+            harness=harness,
+            audit=AuditLog(harness, read_from),
+            startup_seconds=time.monotonic() - started,
+        )
+        _startup["stand-in API (etcd, kube-apiserver, kube-controller-manager)"] = (
+            api.startup_seconds
+        )
+        yield api
+    finally:
+        plane.stop()
+
+
+def _real_kind() -> str:
+    path = shutil.which("kind", path=os.environ["PATH"].replace(str(STANDIN_BIN), ""))
+    if path is None:
+        pytest.skip("kind not found")
+    return path
+
+
+@pytest.fixture(
+    scope="session",
+    params=[
+        pytest.param("standin", marks=pytest.mark.apiserver, id="standin"),
+        pytest.param("kind", marks=pytest.mark.cluster, id="kind"),
+    ],
+)
+def kube_api(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[KubeAPI]:
+    """One Kubernetes API for the session: the stand-in, or a real kind cluster."""
+    workdir = tmp_path_factory.mktemp(f"kube-api-{request.param}")
+    if request.param == "standin":
+        with _standin_api(workdir) as api:
+            yield api
+        return
+    kind = _real_kind()
+    api = realkind.create_session_cluster(kind, E2E_CLUSTER, workdir)
+    _startup["kind cluster"] = api.startup_seconds
+    try:
+        yield api
+    finally:
+        realkind.delete_cluster(kind, E2E_CLUSTER, api.kubeconfig)
+
+
+@pytest.fixture
+def namespace(kube_api: KubeAPI) -> Iterator[str]:
+    """A fresh namespace for one test."""
+    name = kube_api.create_namespace()
+    try:
+        yield name
+    finally:
+        kube_api.delete_namespace(name)
+
+
+@pytest.fixture
+def kubelet(kube_api: KubeAPI) -> Iterator[Kubelet | None]:
+    """Pods in kube_api start and become ready for the whole test."""
+    with kube_api.kubelet() as running:
+        yield running
+
+
+# --- kind clusters -----------------------------------------------------------------------------
+
+
+def _owned_clusters() -> set[str]:
+    """Stand-in clusters with a node made by this session."""
+    out = nodes.docker(
+        "ps",
+        "-a",
+        "--filter",
+        f"label={nodes.HARNESS_LABEL}={os.environ[nodes.OWNER_ENV]}",
+        "--format",
+        f'{{{{.Label "{nodes.CLUSTER_LABEL}"}}}}',
+    )
+    return {line for line in out.split() if line}
+
+
+@dataclass
+class KindCLI:
+    """A kind command line to test against, with a private $KUBECONFIG."""
+
+    binary: str
+    kubeconfig: Path
+    standin: bool
+    names: list[str] = field(default_factory=list)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+
+    def run(
+        self, *args: str, check: bool = True, timeout: float = 600, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [self.binary, *args],
+            env=self.env,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if check and done.returncode != 0:
+            raise AssertionError(
+                f"kind {' '.join(args)} failed ({done.returncode}):\n{done.stderr}"
+            )
+        return done
+
+    def start(self, *args: str) -> subprocess.Popen[str]:
+        """kind running in the background, for tests that interrupt it."""
+        return subprocess.Popen(
+            [self.binary, *args],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def new_name(self, prefix: str = "lh") -> str:
+        """A cluster name no other test or session uses; deleted at teardown."""
+        name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        self.names.append(name)
+        return name
+
+    def clusters(self) -> list[str]:
+        return self.run("get", "clusters").stdout.split()
+
+    def api(self, cluster: str) -> KubeAPI:
+        """The API of a cluster this kind made (its context must be in self.kubeconfig)."""
+        if self.standin:
+            return standin.cluster_api(cluster, self.kubeconfig)
+        return realkind.cluster_api(cluster, self.kubeconfig)
+
+    @contextlib.contextmanager
+    def kubelets(self) -> Iterator[None]:
+        """Runs the kubelet stand-in for every stand-in cluster of this session, including
+        clusters created later in the block (a real cluster has its own kubelets)."""
+        if not self.standin:
+            yield
+            return
+        stop = threading.Event()
+        running: dict[str, Kubelet] = {}
+
+        def watch() -> None:
+            while not stop.is_set():
+                for cluster in _owned_clusters() - running.keys():
+                    try:
+                        plane = standin.control_planes(cluster)[0]
+                        harness = Client(standin.credentials(plane, "harness"))
+                    except (IndexError, RuntimeError):
+                        continue  # still being created
+                    if harness.ready():
+                        running[cluster] = Kubelet(harness, standin.has_image)
+                        running[cluster].start()
+                stop.wait(0.5)
+
+        watcher = threading.Thread(target=watch, name="kubelet-fleet", daemon=True)
+        watcher.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            watcher.join(timeout=30)
+            for one in running.values():
+                one.stop()
+
+
+@pytest.fixture(scope="session")
+def _orphans_removed() -> None:
+    """Removes stand-in nodes left by test sessions that were killed before their teardown."""
+    nodes.remove_orphans()
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("standin", marks=[pytest.mark.docker, pytest.mark.apiserver], id="standin"),
+        pytest.param("kind", marks=pytest.mark.cluster, id="kind"),
+    ]
+)
+def kind_cli(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[KindCLI]:
+    """`kind` for one test: the stand-in first on PATH (or the real kind), a private
+    $KUBECONFIG, and every cluster the test created deleted afterwards, even on failure."""
+    kubeconfig = tmp_path / "kubeconfig"
+    if request.param == "standin":
+        request.getfixturevalue("_orphans_removed")
+        cli = KindCLI(str(STANDIN_BIN / "kind"), kubeconfig, standin=True)
+        monkeypatch.setenv("PATH", f"{STANDIN_BIN}{os.pathsep}{os.environ['PATH']}")
+        before = _owned_clusters()
+    else:
+        cli = KindCLI(_real_kind(), kubeconfig, standin=False)
+        before = set(cli.clusters())
+    # The driver under test finds the same kind and kubeconfig.
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.setenv("LACONIC_HELM_KIND", cli.binary)
+    try:
+        yield cli
+    finally:
+        made = _owned_clusters() if cli.standin else set(cli.clusters())
+        for cluster in sorted((made - before) | set(cli.names)):
+            cli.run("delete", "cluster", "--name", cluster, check=False)
