@@ -984,10 +984,14 @@ async def ensure_cluster(
 ) -> ClusterResult:
     """Ensures the cluster exists, is healthy and matches the spec; repeats do nothing.
 
-    `state` is a fresh observation when the caller already has one (preflight needs it too).
-    A refused change raises UserError before anything is touched.
+    The host checks (ports, mount sources, kube context) and the plan run first, so a refusal
+    raises UserError before anything is touched. `state` is a fresh observation when the caller
+    already has one.
     """
+    from laconic_helm import preflight
+
     state = state or await observe_cluster(cluster)
+    await preflight.check_host(cluster, state)
     actions = plan_cluster(cluster, state, recreate=recreate, adopt=adopt)
     if actions:
         await apply_cluster(cluster, state, actions)
