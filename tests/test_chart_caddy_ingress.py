@@ -25,6 +25,7 @@ from tests.charts_support import (
     render,
     render_error,
     schema_errors,
+    values_documentation_gaps,
     workload,
 )
 
@@ -218,6 +219,11 @@ def test_laconic_fork_is_selectable_and_needs_a_pinned_tag(helm_bin: str) -> Non
     assert 'image.tag must be a pinned tag, not "latest"' in render_error(
         helm_bin, DEFAULTS, "image.tag=latest"
     )
+
+
+@pytest.mark.unit
+def test_readme_documents_every_value() -> None:
+    assert values_documentation_gaps(CHART) == ([], [])
 
 
 def test_typo_in_a_top_level_key_is_refused_by_name(helm_bin: str) -> None:
