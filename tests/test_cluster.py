@@ -469,9 +469,8 @@ def test_plan_delete() -> None:
     assert verbs(cluster.plan_delete_cluster(spec, state_of())) == [("delete-cluster", "lh")]
     with pytest.raises(UserError, match="will not delete it"):
         cluster.plan_delete_cluster(spec, state_of(**NOT_OURS))
-    assert verbs(cluster.plan_delete_cluster(spec, state_of(**NOT_OURS), adopt=True)) == [
-        ("delete-cluster", "lh")
-    ]
+    adopted = state_of(record=record("adopted"))
+    assert verbs(cluster.plan_delete_cluster(spec, adopted)) == [("delete-cluster", "lh")]
     with pytest.raises(UserError, match="never deletes"):
         cluster.plan_delete_cluster(make_cluster(provider="existing", context="x"), ABSENT)
 

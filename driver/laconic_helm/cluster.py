@@ -51,7 +51,6 @@ MEMLOCK_SPEC_IN_NODE = "/etc/laconic-helm/high-memlock-spec.json"
 MEMLOCK_SPEC_NAME = "high-memlock-spec.json"
 RLIM_INFINITY = 2**64 - 1
 MEMLOCK_NOFILE = 1048576
-_KIND_OWN_MOUNTS = ("/lib/modules",)  # binds kind adds to every node
 _API_WAIT = 5.0  # seconds a settled API may take to answer before it counts as down
 _API_WAIT_AFTER_START = 120.0  # a node started this recently may still be booting its API
 _RECORD_VERSION = 1
@@ -263,7 +262,7 @@ class Record:
 
     name: str
     status: RecordStatus
-    started_at: str  # UTC ISO time written just before `kind create` ran
+    started_at: str  # UTC ISO time just before `kind create` ran (or of the adoption)
     node_ids: tuple[str, ...] = ()  # full docker IDs of the nodes once created
     config_sha256: str = ""
     tool_version: str = __version__
@@ -805,21 +804,22 @@ def plan_cluster(
     return [Action(STEP, "delete-cluster", name, f"rebuild: {listed}"), _create(cluster)]
 
 
-def plan_delete_cluster(
-    cluster: Cluster, state: ClusterState, *, adopt: bool = False
-) -> list[Action]:
-    """Returns the action deleting the cluster (for `down --delete-cluster`); only if ours."""
+def plan_delete_cluster(cluster: Cluster, state: ClusterState) -> list[Action]:
+    """Returns the action deleting the cluster (for `down --delete-cluster`); only if ours.
+
+    A cluster someone else made becomes ours only through `deploy --adopt-cluster`.
+    """
     if cluster.provider == "existing":
         raise UserError(
             f"cluster {cluster.name}: provider 'existing': laconic-helm never deletes it"
         )
     if not state.exists:
         return []
-    if not (state.owned or adopt):
+    if not state.owned:
         raise UserError(
             f"cluster {cluster.name}: {state.ownership}, so laconic-helm will not delete it",
-            hint=f"delete it yourself (kind delete cluster --name {cluster.name}), or pass "
-            "--adopt-cluster",
+            hint=f"delete it yourself (kind delete cluster --name {cluster.name}), or adopt it "
+            "first with deploy --adopt-cluster",
         )
     return [Action(STEP, "delete-cluster", cluster.name, state.ownership)]
 
@@ -1001,13 +1001,13 @@ async def ensure_cluster(
     return ClusterResult(tuple(actions), state, access)
 
 
-async def delete_cluster(cluster: Cluster, *, adopt: bool = False) -> list[Action]:
-    """Deletes the cluster when this tool created it (or `adopt`); absent counts as done.
+async def delete_cluster(cluster: Cluster) -> list[Action]:
+    """Deletes the cluster when this tool created (or adopted) it; absent counts as done.
 
     The driver's state for it (record, kind config, kubeconfig) goes with it.
     """
     state = await observe_cluster(cluster)
-    actions = plan_delete_cluster(cluster, state, adopt=adopt)
+    actions = plan_delete_cluster(cluster, state)
     if actions:
         await _check_unchanged(state)
         await _kind_delete(cluster.name)
