@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -221,7 +222,7 @@ class Kubelet:
         self.interval = interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.errors: list[str] = []
+        self.errors: deque[str] = deque(maxlen=100)  # the latest, for a failing test
 
     def __enter__(self) -> Kubelet:
         self.start()
