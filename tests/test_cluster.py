@@ -778,3 +778,17 @@ def test_a_missing_mount_source_stops_before_any_change(
         asyncio.run(cluster.ensure_cluster(spec))
     assert caught.value.message == f"cluster.mounts[0].hostPath: {gone} does not exist"
     assert kind_log.verbs() == [] and node_ids(name) == []
+
+
+def test_an_existing_cluster_is_only_checked(
+    kube_api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(kube_api.kubeconfig))
+    spec = make_cluster(provider="existing", context=kube_api.context)
+    result = asyncio.run(cluster.ensure_cluster(spec))
+    assert result.actions == () and result.state.api_ready and result.state.problems == ()
+    assert result.access == cluster.ClusterAccess(None, kube_api.context)
+
+    elsewhere = make_cluster(provider="existing", context="no-such-context")
+    with pytest.raises(UserError, match=r"^cluster\.context: context 'no-such-context' is not in"):
+        asyncio.run(cluster.ensure_cluster(elsewhere))
