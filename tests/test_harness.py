@@ -236,6 +236,72 @@ def test_kubelet_standin_schedules_like_a_single_node_cluster(
         assert status["status"].get("availableReplicas") == 1
 
 
+def test_kubelet_standin_holds_pods_back_as_a_kubelet_would(
+    kube_api: KubeAPI, namespace: str
+) -> None:
+    """A missing Secret and an unbindable claim keep pods from starting, as on a real node."""
+    pods = f"/api/v1/namespaces/{namespace}/pods"
+    container = {"name": "c", "image": "registry.k8s.io/pause:3.10"}
+    env = [{"name": "T", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}}]
+    kube_api.admin.create(
+        pods,
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "needs-secret"},
+            "spec": {"containers": [{**container, "env": env}]},
+        },
+    )
+    claim = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "data"},
+        "spec": {
+            "storageClassName": "laconic-helm-absent",
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": "1Gi"}},
+        },
+    }
+    kube_api.admin.create(f"/api/v1/namespaces/{namespace}/persistentvolumeclaims", claim)
+    volume = {"name": "data", "persistentVolumeClaim": {"claimName": "data"}}
+    kube_api.admin.create(
+        pods,
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "needs-claim"},
+            "spec": {"containers": [container], "volumes": [volume]},
+        },
+    )
+
+    def waiting(name: str) -> str | None:
+        statuses = kube_api.harness.get(f"{pods}/{name}")["status"].get("containerStatuses")
+        return ((statuses or [{}])[0].get("state") or {}).get("waiting", {}).get("reason")
+
+    def unschedulable(name: str) -> str | None:
+        conditions = kube_api.harness.get(f"{pods}/{name}")["status"].get("conditions", [])
+        return next(
+            (c.get("message") for c in conditions if c.get("reason") == "Unschedulable"), None
+        )
+
+    with kube_api.kubelet():
+        reason = wait_for("the missing Secret", lambda: waiting("needs-secret"))
+        assert reason == "CreateContainerConfigError"
+        message = wait_for("the unbound claim", lambda: unschedulable("needs-claim"))
+        assert "unbound immediate PersistentVolumeClaims" in message
+        secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds"}}
+        kube_api.admin.create(
+            f"/api/v1/namespaces/{namespace}/secrets", {**secret, "stringData": {"token": "x"}}
+        )
+        wait_for(
+            "the pod to start once its Secret exists",
+            lambda: (
+                kube_api.harness.get(f"{pods}/needs-secret")["status"].get("phase") == "Running"
+            ),
+        )
+    assert kube_api.harness.get(f"{pods}/needs-claim")["spec"].get("nodeName") is None
+
+
 # --- the kind stand-in -------------------------------------------------------------------------
 
 

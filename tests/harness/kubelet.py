@@ -159,13 +159,11 @@ def _matches_expression(labels: dict[str, str], expr: JSON) -> bool:
     return False
 
 
+_REQUIRED = "requiredDuringSchedulingIgnoredDuringExecution"
+
+
 def _affinity_admits(pod: JSON, node: JSON) -> bool:
-    required = (
-        pod["spec"]
-        .get("affinity", {})
-        .get("nodeAffinity", {})
-        .get("requiredDuringSchedulingIgnoredDuringExecution")
-    )
+    required = pod["spec"].get("affinity", {}).get("nodeAffinity", {}).get(_REQUIRED)
     if not required:
         return True
     labels = node["metadata"].get("labels", {})
@@ -187,7 +185,9 @@ def _host_ports(pod: JSON) -> set[tuple[int, str]]:
     }
 
 
-def _unschedulable_reason(pod: JSON, node: JSON, ports_in_use: set[tuple[int, str]]) -> str | None:
+def _unschedulable_reason(
+    pod: JSON, node: JSON, ports_in_use: set[tuple[int, str]], volumes: list[JSON]
+) -> str | None:
     labels = node["metadata"].get("labels", {})
     selector = pod["spec"].get("nodeSelector") or {}
     if any(labels.get(k) != v for k, v in selector.items()):
@@ -204,6 +204,12 @@ def _unschedulable_reason(pod: JSON, node: JSON, ports_in_use: set[tuple[int, st
             return f"had untolerated taint {{{taint['key']}: {taint.get('value', '')}}}"
     if _host_ports(pod) & ports_in_use:
         return "didn't have free ports for the requested pod ports"
+    for volume in volumes:
+        affinity = (volume["spec"].get("nodeAffinity") or {}).get("required")
+        if affinity and not _affinity_admits(
+            {"spec": {"affinity": {"nodeAffinity": {_REQUIRED: affinity}}}}, node
+        ):
+            return "had volume node affinity conflict"
     return None
 
 
@@ -261,6 +267,7 @@ class Kubelet:
             if node in ports and pod["status"].get("phase") not in ("Succeeded", "Failed"):
                 ports[node] |= _host_ports(pod)
         images: dict[str, bool] = {}
+        objects: dict[str, JSON | None] = {}
         for pod in pods:
             meta, spec = pod["metadata"], pod["spec"]
             path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}"
@@ -272,17 +279,52 @@ class Kubelet:
                 continue
             if not node:
                 if spec.get("schedulerName", "default-scheduler") == "default-scheduler":
-                    self._schedule(pod, path, nodes, ports)
+                    self._schedule(pod, path, nodes, ports, objects)
                 continue
             if node in nodes:
-                self._report(pod, path, nodes[node], images)
+                self._report(pod, path, nodes[node], images, objects)
+
+    def _get(self, path: str, cache: dict[str, JSON | None]) -> JSON | None:
+        if path not in cache:
+            cache[path] = self.client.get_or_none(path)
+        return cache[path]
+
+    def _claimed_volumes(
+        self, pod: JSON, cache: dict[str, JSON | None]
+    ) -> tuple[list[JSON], str | None]:
+        """The PersistentVolumes the pod's claims are bound to, or why it cannot be placed:
+        the scheduler waits for claims with immediate binding, and nothing here provisions."""
+        namespace = pod["metadata"]["namespace"]
+        volumes = []
+        for volume in pod["spec"].get("volumes") or []:
+            claim_name = (volume.get("persistentVolumeClaim") or {}).get("claimName")
+            if not claim_name:
+                continue
+            claim = self._get(
+                f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{claim_name}", cache
+            )
+            if claim is None:
+                return [], f'persistentvolumeclaim "{claim_name}" not found'
+            bound_to = claim["spec"].get("volumeName")
+            if claim["status"].get("phase") != "Bound" or not bound_to:
+                return [], "pod has unbound immediate PersistentVolumeClaims"
+            pv = self._get(f"/api/v1/persistentvolumes/{bound_to}", cache)
+            if pv is not None:
+                volumes.append(pv)
+        return volumes, None
 
     def _schedule(
-        self, pod: JSON, path: str, nodes: dict[str, JSON], ports: dict[str, set[tuple[int, str]]]
+        self,
+        pod: JSON,
+        path: str,
+        nodes: dict[str, JSON],
+        ports: dict[str, set[tuple[int, str]]],
+        cache: dict[str, JSON | None],
     ) -> None:
         reasons: dict[str, str] = {}
+        volumes, claim_problem = self._claimed_volumes(pod, cache)
         for name in sorted(nodes, key=lambda n: len(ports[n])):
-            reason = _unschedulable_reason(pod, nodes[name], ports[name])
+            reason = claim_problem or _unschedulable_reason(pod, nodes[name], ports[name], volumes)
             if reason is None:
                 self.client.create(
                     f"{path}/binding",
@@ -302,6 +344,8 @@ class Kubelet:
         message = f"0/{len(nodes)} nodes are available: " + ", ".join(
             f"{n} node(s) {r}" for r, n in sorted(counts.items())
         )
+        if claim_problem:
+            message = f"0/{len(nodes)} nodes are available: {claim_problem}"
         current = [
             c for c in pod["status"].get("conditions", []) if c.get("type") == "PodScheduled"
         ]
@@ -339,16 +383,93 @@ class Kubelet:
             return None
         return "ErrImageNeverPull" if policy == "Never" else "ErrImagePull"
 
-    def _report(self, pod: JSON, path: str, node: JSON, cache: dict[str, bool]) -> None:
+    def _missing_reference(
+        self, namespace: str, kind: str, ref: JSON, key: str | None, cache: dict[str, JSON | None]
+    ) -> str | None:
+        """Why a referenced ConfigMap or Secret (or its key) cannot be used, else None."""
+        if ref.get("optional"):
+            return None
+        name = ref.get("name", "")
+        resource = "secrets" if kind == "Secret" else "configmaps"
+        obj = self._get(f"/api/v1/namespaces/{namespace}/{resource}/{name}", cache)
+        if obj is None:
+            return f'{kind.lower()} "{name}" not found'
+        present = {*(obj.get("data") or {}), *(obj.get("binaryData") or {})}
+        if key is not None and key not in present:
+            return f"couldn't find key {key} in {kind} {namespace}/{name}"
+        return None
+
+    def _volume_problem(self, pod: JSON, cache: dict[str, JSON | None]) -> str | None:
+        """Why the pod's volumes cannot be mounted (the kubelet's FailedMount), else None."""
+        namespace = pod["metadata"]["namespace"]
+        for volume in pod["spec"].get("volumes") or []:
+            sources = [volume, *((volume.get("projected") or {}).get("sources") or [])]
+            for source in sources:
+                for attr, kind, name_key in (
+                    ("secret", "Secret", "secretName"),
+                    ("configMap", "ConfigMap", "name"),
+                ):
+                    ref = source.get(attr)
+                    if ref is None:
+                        continue
+                    named = {"name": ref.get(name_key, ""), "optional": ref.get("optional")}
+                    problems = [
+                        self._missing_reference(namespace, kind, named, item["key"], cache)
+                        for item in ref.get("items") or []
+                    ] or [self._missing_reference(namespace, kind, named, None, cache)]
+                    problem = next((p for p in problems if p), None)
+                    if problem:
+                        return f'MountVolume.SetUp failed for volume "{volume["name"]}": {problem}'
+        return None
+
+    def _env_problem(
+        self, namespace: str, container: JSON, cache: dict[str, JSON | None]
+    ) -> str | None:
+        """Why the container's environment cannot be built (CreateContainerConfigError)."""
+        for source in container.get("envFrom") or []:
+            for attr, kind in (("secretRef", "Secret"), ("configMapRef", "ConfigMap")):
+                if attr in source:
+                    problem = self._missing_reference(namespace, kind, source[attr], None, cache)
+                    if problem:
+                        return problem
+        for env in container.get("env") or []:
+            value_from = env.get("valueFrom") or {}
+            for attr, kind in (("secretKeyRef", "Secret"), ("configMapKeyRef", "ConfigMap")):
+                if attr in value_from:
+                    ref = value_from[attr]
+                    problem = self._missing_reference(namespace, kind, ref, ref.get("key"), cache)
+                    if problem:
+                        return problem
+        return None
+
+    def _report(
+        self,
+        pod: JSON,
+        path: str,
+        node: JSON,
+        cache: dict[str, bool],
+        objects: dict[str, JSON | None],
+    ) -> None:
         spec, status = pod["spec"], pod["status"]
         node_name = node["metadata"]["name"]
+        namespace = pod["metadata"]["namespace"]
         containers = spec.get("containers", [])
         init = spec.get("initContainers", [])
-        waiting = {
-            c["name"]: reason
-            for c in (*init, *containers)
-            if (reason := self._missing_image(node_name, c, cache)) is not None
-        }
+        mount_problem = self._volume_problem(pod, objects)
+        waiting: dict[str, tuple[str, str]] = {}
+        for c in (*init, *containers):
+            if mount_problem:
+                waiting[c["name"]] = ("ContainerCreating", mount_problem)
+            elif (image_reason := self._missing_image(node_name, c, cache)) is not None:
+                waiting[c["name"]] = (
+                    image_reason,
+                    f'image "{c["image"]}" is not present on node {node_name} and cannot be pulled',
+                )
+            elif (env_problem := self._env_problem(namespace, c, objects)) is not None:
+                waiting[c["name"]] = ("CreateContainerConfigError", env_problem)
+        if any(c["name"] in waiting for c in init):
+            for c in containers:
+                waiting.setdefault(c["name"], ("PodInitializing", ""))
         done = _runs_to_completion(pod) and not waiting
         phase = "Succeeded" if done else ("Pending" if waiting else "Running")
         ready = not waiting and not done
@@ -360,7 +481,8 @@ class Kubelet:
             )
             if c.get("state", {}).get("waiting")
         }
-        if status.get("phase") == phase and _ready(status) == ready and reported == waiting:
+        wanted = {name: reason for name, (reason, _) in waiting.items()}
+        if status.get("phase") == phase and _ready(status) == ready and reported == wanted:
             return
         now = _now()
         node_ip = next(
@@ -377,18 +499,12 @@ class Kubelet:
             cid = "containerd://" + hashlib.sha256(f"{path}/{c['name']}".encode()).hexdigest()
             base = {"name": c["name"], "image": c["image"], "imageID": "", "restartCount": 0}
             if c["name"] in waiting:
-                reason = waiting[c["name"]]
+                reason, message = waiting[c["name"]]
                 return {
                     **base,
                     "ready": False,
                     "started": False,
-                    "state": {
-                        "waiting": {
-                            "reason": reason,
-                            "message": f'image "{c["image"]}" is not present on node '
-                            f"{node_name} and cannot be pulled",
-                        }
-                    },
+                    "state": {"waiting": {"reason": reason, "message": message}},
                 }
             if finished:
                 term = {"exitCode": 0, "reason": "Completed", "startedAt": now, "finishedAt": now}
