@@ -42,7 +42,11 @@ rules:
     users: ["{pki.HARNESS_USER}"]
     nonResourceURLs: ["/version"]
   - level: None
-    users: ["{pki.HARNESS_USER}", "{pki.CONTROLLER_MANAGER_USER}", "system:apiserver"]
+    users:
+      - "{pki.HARNESS_USER}"
+      - "{pki.CONTROLLER_MANAGER_USER}"
+      - system:kube-scheduler
+      - system:apiserver
   - level: None
     userGroups: ["system:serviceaccounts", "system:nodes"]
   - level: Metadata
