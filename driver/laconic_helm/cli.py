@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
@@ -106,5 +107,41 @@ def images_load(app: App, cluster: str, image: tuple[str, ...]) -> None:
     async def work() -> dict[str, Any]:
         results = await loader.ensure_images(cluster, image, app.reporter)
         return {"images": [r.as_dict() for r in results]}
+
+    _run(app, work)
+
+
+@main.group("import")
+def import_() -> None:
+    """Turns a deployment made by another tool into a laconic-helm spec."""
+
+
+@import_.command("laconic-so")
+@click.option(
+    "--dir",
+    "deployment_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The laconic-so deployment dir (spec.yml, deployment.yml, kind-config.yml, compose/).",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Folder for deployment.yaml, the values files and import-report.yaml.",
+)
+@click.option("--namespace", default=None, help="laconic-so's app namespace, if guessed wrong.")
+@click.option("--force", is_flag=True, help="Overwrite an earlier import in --out.")
+@click.pass_obj
+def import_laconic_so(
+    app: App, deployment_dir: Path, out: Path, namespace: str | None, force: bool
+) -> None:
+    """Writes a spec, values and a report for a laconic-so deployment; touches nothing live."""
+    from laconic_helm import migrate
+
+    async def work() -> dict[str, Any]:
+        return migrate.import_laconic_so(
+            deployment_dir, out, app.reporter, force=force, namespace=namespace
+        )
 
     _run(app, work)
