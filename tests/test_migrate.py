@@ -409,6 +409,49 @@ def test_takeover_names_the_laconic_so_objects_to_adopt_remove_and_keep(tmp_path
 
 
 @pytest.mark.unit
+def test_a_single_pod_stack_uses_laconic_sos_single_pod_names(tmp_path: Path) -> None:
+    deployment = stage(tmp_path)
+    for pod in ("doublezero", "monitoring"):
+        (deployment / "compose" / f"docker-compose-{pod}.yml").unlink()
+    (deployment / "config.env").unlink()  # then spec.yml's config is the environment
+    out, report = imported(tmp_path, deployment)
+    t = report["takeover"]
+    removed = {(o["kind"], o["name"]) for o in t["removeAfterAgaveDeployment"]}
+    assert {("Deployment", f"{APP}-deployment"), ("Service", f"{APP}-service")} <= removed
+    assert t["leaveRunning"] == []
+    assert values(out)["flags"]["expected-shred-version"] == 50093
+    assert any(
+        f.startswith("spec.yml: config.SNAPSHOT_AUTO_DOWNLOAD")
+        for f in findings(report, "unmapped")
+    )
+
+
+@pytest.mark.unit
+def test_a_volume_without_host_path_keeps_laconic_sos_claim(tmp_path: Path) -> None:
+    deployment = stage(tmp_path)
+    edit_yaml(deployment / "spec.yml", lambda d: d["volumes"].update({"validator-snapshots": None}))
+    out, report = imported(tmp_path, deployment)
+    claim = f"{APP}-validator-snapshots"
+    assert values(out)["volumes"]["snapshots"] == {"type": "existingClaim", "existingClaim": claim}
+    kept = {(o["kind"], o["name"]) for o in report["takeover"]["keep"]}
+    assert ("PersistentVolumeClaim", claim) in kept
+    assert ("PersistentVolume", claim) not in kept
+
+
+@pytest.mark.unit
+def test_only_a_test_node_makes_the_deploy_wait_for_readiness(tmp_path: Path) -> None:
+    deployment = stage(tmp_path)
+    out, _ = imported(tmp_path, deployment)
+    assert load_spec(out / migrate.SPEC_FILE).releases[1].wait is False
+    set_env(deployment, AGAVE_MODE="test")
+    code, _, _ = run_import(deployment, out, "--force")
+    assert code == 0
+    spec = load_spec(out / migrate.SPEC_FILE)
+    assert spec.releases[1].wait is True
+    assert spec.releases[1].secrets == ()
+
+
+@pytest.mark.unit
 def test_output_tells_the_next_commands_with_adopt_cluster(tmp_path: Path) -> None:
     out, report = imported(tmp_path)
     spec = out / migrate.SPEC_FILE
@@ -563,11 +606,19 @@ def _variant(tmp_path: Path, name: str) -> Path:
         set_env(deployment, AGAVE_MODE="validator", NO_SNAPSHOTS="", DYNAMIC_PORT_RANGE="8002-8020")
     elif name == "test":
         set_env(deployment, AGAVE_MODE="test")
+    elif name == "scheduling":
+        scheduling = {
+            "labels": {"example.org/{name}": "agave"},
+            "annotations": {"example.org/owner": "ops"},
+            "node-affinities": [{"label": "nodetype", "value": "c"}],
+            "node-tolerations": [{"key": "nodeavoid", "value": "c"}],
+        }
+        edit_yaml(deployment / "spec.yml", lambda d: d.update(scheduling))
     return deployment
 
 
 @pytest.mark.helm
-@pytest.mark.parametrize("variant", ["biscayne-rpc", "validator", "test"])
+@pytest.mark.parametrize("variant", ["biscayne-rpc", "validator", "test", "scheduling"])
 def test_imported_values_pass_the_schemas_and_render(
     helm_bin: str, tmp_path: Path, variant: str
 ) -> None:
@@ -593,6 +644,11 @@ def test_imported_values_pass_the_schemas_and_render(
             assert volumes["ledger"]["hostPath"]["path"] == "/mnt/solana/ledger"
             assert pod["runtimeClassName"] == "high-memlock"
             assert pod["hostNetwork"] is True
+            if variant == "scheduling":
+                labels = deployment["spec"]["template"]["metadata"]["labels"]
+                assert labels["example.org/agave-validator"] == "agave"
+                assert pod["tolerations"][0]["key"] == "nodeavoid"
+                assert "nodeAffinity" in pod["affinity"]
             if variant != "test":
                 args = pod["containers"][0]["args"]
                 assert args[args.index("--identity") + 1] == "/keys/identity/identity.json"

@@ -152,6 +152,7 @@ _SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kKmMgGtTpPeE]?)(i?)[bB]?\s*$"
 _SIZE_POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5, "e": 6}
 
 FindingKind = Literal["unmapped", "changed", "assumed", "ignored"]
+FINDING_ORDER = ("unmapped", "changed", "assumed", "ignored")  # what needs a decision first
 # unmapped: had an effect under laconic-so and has no equivalent here: the operator decides.
 # changed: carried over, but it behaves differently now (the finding says how).
 # assumed: a guess the files cannot settle; the finding says how to check it.
@@ -985,13 +986,16 @@ def _passed_env(
     return passed
 
 
-def _scheduling(so: SoDeployment) -> dict[str, Any]:
-    """spec.yml's pod labels, annotations, node affinities and tolerations, as chart values."""
+def _scheduling(so: SoDeployment, service: Service) -> dict[str, Any]:
+    """spec.yml's pod labels, annotations, node affinities and tolerations, as chart values
+    (laconic-so replaced `{name}` in a label or annotation key with the service's name)."""
     out: dict[str, Any] = {}
     for key, value_key in (("labels", "podLabels"), ("annotations", "podAnnotations")):
         items = so.section(key)
         if items:
-            out[value_key] = {str(k): str(v) for k, v in items.items()}
+            out[value_key] = {
+                str(k).replace("{name}", service.name): str(v) for k, v in items.items()
+            }
     terms = []
     for i, a in enumerate(
         _list(so.spec.get("node-affinities"), so.at("spec.yml: node-affinities"))
@@ -1133,12 +1137,14 @@ def map_agave(
         span = env.get("DYNAMIC_PORT_RANGE", "9000-10000")
         values["ports"]["dynamicPortRange"] = _port_range(span, at, taken, found)
     volumes = _volumes(so, service, cluster, found)
+
+    def in_volumes(message: str) -> UserError:
+        return UserError(f"{so.at(service.key('volumes'))}: {message}")
+
     secrets: list[dict[str, Any]] = []
     gid = None
     if mode != "test":
-        path, gid = _keypair(
-            "identity", IDENTITY_IN_CONTAINER, volumes, lambda m: at.error("AGAVE_MODE", m)
-        )
+        path, gid = _keypair("identity", IDENTITY_IN_CONTAINER, volumes, in_volumes)
         secrets.append({"name": IDENTITY_SECRET, "files": {"identity.json": str(path)}})
         values["identity"] = {"existingSecret": IDENTITY_SECRET, "secretKey": "identity.json"}
     if mode == "validator":
@@ -1161,7 +1167,7 @@ def map_agave(
         if values["flags"].get("rpc-bind-address") == "127.0.0.1":
             found.add("changed", at("RPC_BIND_ADDRESS"), "RPC listens on 127.0.0.1 only, so "
                       "Caddy cannot reach it (it could not under laconic-so either)")  # fmt: skip
-    values.update(_scheduling(so))
+    values.update(_scheduling(so, service))
     replicas = so.spec.get("replicas")
     if replicas not in (None, 1):
         found.add("changed", "spec.yml: replicas", f"{replicas}: an agave node runs as one pod")
@@ -1421,6 +1427,7 @@ def build_import(deployment_dir: Path, out: Path, *, namespace: str | None = Non
         shipped = (data_dir("values") / "caddy-ingress" / name).read_text()
         files[target] = f"# Copied by the import from laconic-helm's values/caddy-ingress/{name}.\n"
         files[target] += shipped
+    items = sorted(found.items, key=lambda f: FINDING_ORDER.index(f.kind))
     report = {
         "source": str(so.dir),
         "cluster": so.cluster_name,
@@ -1428,8 +1435,7 @@ def build_import(deployment_dir: Path, out: Path, *, namespace: str | None = Non
         "agaveService": agave.name,
         "mode": mapped.mode,
         "next": commands,
-        "findings": [asdict(f) for f in found.items],
-        "takeover": takeover,
+        "findings": [asdict(f) for f in items],
     }
     files[REPORT_FILE] = _dump(
         report,
@@ -1438,9 +1444,8 @@ def build_import(deployment_dir: Path, out: Path, *, namespace: str | None = Non
         "changed = carried over, but behaves differently; assumed = a guess to check;\n"
         "ignored = had no effect under laconic-so either.\n"
         "takeover: the laconic-so objects the first deploy adopts, removes or keeps.",
-        compact=True,
-    )
-    return Imported(so.cluster_name, ns, agave.name, mapped.mode, files, found.items, takeover)
+    ) + _dump({"takeover": takeover}, "", compact=True)
+    return Imported(so.cluster_name, ns, agave.name, mapped.mode, files, items, takeover)
 
 
 def _holds(out: Path, files: Mapping[str, str]) -> bool:
