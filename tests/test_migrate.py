@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from laconic_helm import migrate
+from laconic_helm import cluster, migrate
 from laconic_helm.cli import main
 from laconic_helm.errors import EXIT_BAD_INPUT, UserError
 from laconic_helm.spec import Spec, data_dir, load_spec
@@ -121,6 +122,40 @@ def test_spec_loads_and_names_laconic_sos_cluster_as_created(tmp_path: Path) -> 
     } == folders
     assert spec.cluster.node_labels == {"ingress-ready": "true"}
     assert spec.cluster.high_memlock
+
+
+def laconic_so_cluster(deployment: Path) -> cluster.ClusterState:
+    """What laconic-helm observes of the node kind made from laconic-so's kind-config.yml."""
+    node = yaml.safe_load((deployment / "kind-config.yml").read_text())["nodes"][0]
+    api = cluster.PortBinding(cluster.API_PORT, "TCP", "127.0.0.1", 41235)
+    ports = tuple(
+        cluster.PortBinding(p["containerPort"], p.get("protocol", "TCP"), "0.0.0.0", p["hostPort"])
+        for p in node["extraPortMappings"]
+    )
+    mounts = tuple(
+        cluster.BindMount(m["hostPath"], m["containerPath"], False, m.get("propagation", "None"))
+        for m in node["extraMounts"]
+    )
+    created = datetime(2026, 3, 1, tzinfo=UTC)
+    control_plane = cluster.Node(
+        f"{CLUSTER}-control-plane", "c0ffee", "control-plane", "running", created, created,
+        "kindest/node:v1.31.0", (api, *ports), mounts,
+    )  # fmt: skip
+    return cluster.ClusterState(
+        CLUSTER, nodes=(control_plane,), ownership="not created by laconic-helm", api_ready=True,
+        node_labels={"ingress-ready": "true", "kubernetes.io/os": "linux"}, memlock_runtime=True,
+    )  # fmt: skip
+
+
+@pytest.mark.unit
+def test_the_next_deploy_adopts_the_cluster_as_it_is(tmp_path: Path) -> None:
+    deployment = stage(tmp_path)
+    out, _ = imported(tmp_path, deployment)
+    spec = load_spec(out / migrate.SPEC_FILE)
+    state = laconic_so_cluster(deployment)
+    assert cluster.differences(spec.cluster, state) == []
+    planned = cluster.plan_cluster(spec.cluster, state, adopt=True)
+    assert [a.verb for a in planned] == ["adopt-cluster"]  # never delete-cluster/create-cluster
 
 
 @pytest.mark.unit
