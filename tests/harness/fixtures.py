@@ -44,6 +44,12 @@ E2E_CLUSTER = f"laconic-helm-e2e-{os.getpid()}"
 _startup: dict[str, float] = {}
 
 
+def pytest_sessionstart() -> None:
+    """Removes kind-like nodes left by test sessions that were killed before their teardown."""
+    if nodes.docker_available():
+        nodes.remove_orphans()
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     for what, seconds in _startup.items():
         terminalreporter.write_line(f"{what} ready in {seconds:.1f} s")
@@ -251,12 +257,6 @@ class KindCLI:
                 one.stop()
 
 
-@pytest.fixture(scope="session")
-def _orphans_removed() -> None:
-    """Removes stand-in nodes left by test sessions that were killed before their teardown."""
-    nodes.remove_orphans()
-
-
 @pytest.fixture(
     params=[
         pytest.param("standin", marks=[pytest.mark.docker, pytest.mark.apiserver], id="standin"),
@@ -270,7 +270,6 @@ def kind_cli(
     $KUBECONFIG, and every cluster the test created deleted afterwards, even on failure."""
     kubeconfig = tmp_path / "kubeconfig"
     if request.param == "standin":
-        request.getfixturevalue("_orphans_removed")
         cli = KindCLI(str(STANDIN_BIN / "kind"), kubeconfig, standin=True)
         monkeypatch.setenv("PATH", f"{STANDIN_BIN}{os.pathsep}{os.environ['PATH']}")
         before = _owned_clusters()
