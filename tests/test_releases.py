@@ -4,20 +4,27 @@ hand-built states (unit), the helm adapter with real helm 3 and 4 (helm)."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
+import os
 import shutil
 import subprocess
 import time
+import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from pyhelm3 import errors as helm_errors
 
 from laconic_helm import kube, releases, spec
-from laconic_helm.errors import ReleaseError, ToolMissingError
-from laconic_helm.helm import Helm, classify, release_error
+from laconic_helm.errors import DeadlineExceeded, ReleaseError, ToolMissingError
+from laconic_helm.helm import STOP_GRACE, Helm, classify, release_error
 from laconic_helm.helm import connect as helm_connect
 from laconic_helm.releases import DesiredRelease, ObservedObject, ReleaseState, Revision
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 MINI = Path(__file__).parent / "charts" / "mini"
 DIGEST = "sha256:" + "a" * 64
@@ -517,3 +524,401 @@ def test_project_charts_load_as_pyhelm3_charts(helm_bin: str, name: str) -> None
     desired = DesiredRelease(name, "apps", REPO / "charts" / name, {}, DIGEST)
     chart = asyncio.run(releases._chart(helm, desired))
     assert chart.metadata.name == name
+
+
+# -- against the stand-in API, with real helm 3 and 4 -----------------------------------------
+
+# A node selector no node has: the Deployment's pod never starts, so `--wait` keeps waiting.
+HANG = {"nodeSelector": {"laconic-helm.test/nowhere": "true"}}
+HANG_FLAGS = ("--set-string", "nodeSelector.laconic-helm\\.test/nowhere=true")
+
+
+class World:
+    """One test's release and namespace (unique names) on the shared stand-in API."""
+
+    def __init__(self, api: Any, helm_bin: str) -> None:
+        suffix = uuid.uuid4().hex[:6]
+        self.api = api
+        self.helm_bin = helm_bin
+        self.name = f"mini-{suffix}"
+        self.ns = f"apps-{suffix}"
+        self.suffix = suffix
+        self.kube = kube.Kube.connect(api.kubeconfig, api.context)
+        self.helm = asyncio.run(
+            helm_connect(kubeconfig=api.kubeconfig, context=api.context, executable=helm_bin)
+        )
+
+    def desired(
+        self, values: dict[str, Any] | None = None, *, wait: bool = False, **extra: Any
+    ) -> DesiredRelease:
+        rel = spec.Release(
+            name=self.name,
+            chart=str(MINI),
+            namespace=self.ns,
+            values=values or {},
+            wait=wait,
+            timeout=300,
+            **extra,
+        )
+        return releases.desired_release(rel)
+
+    def ensure(self, desired: DesiredRelease, **kw: Any) -> releases.ReleaseOutcome:
+        return asyncio.run(releases.ensure_release(self.kube, self.helm, desired, **kw))
+
+    def revisions(self) -> list[tuple[int, str]]:
+        secrets = asyncio.run(self.kube.list_release_secrets(self.ns, self.name))
+        found = [releases.revision_from_secret(s) for s in secrets]
+        return [(r.number, r.status) for r in sorted(found, key=lambda r: r.number)]
+
+    def latest(self) -> str:
+        revisions = self.revisions()
+        return revisions[-1][1] if revisions else "absent"
+
+    def helm_cli(self, *args: str) -> subprocess.Popen[bytes]:
+        argv = [self.helm_bin, *args, "-n", self.ns, "--kubeconfig", str(self.api.kubeconfig)]
+        if self.api.context:
+            argv += ["--kube-context", self.api.context]
+        env = {**os.environ, "HELM_DRIVER": "secret"}
+        return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def kill_when(self, child: subprocess.Popen[bytes], status: str) -> None:
+        """SIGKILLs `child` (helm) once the release's newest revision has `status`."""
+        deadline = time.monotonic() + 60
+        while self.latest() != status:
+            assert child.poll() is None, f"helm exited early: {child.stderr.read().decode()}"
+            assert time.monotonic() < deadline, f"release never reached {status}"
+            time.sleep(0.1)
+        child.kill()
+        child.wait()
+
+    def get(self, path: str) -> dict[str, Any] | None:
+        return self.api.harness.get_or_none(path)
+
+
+@pytest.fixture
+def world(kube_api: Any, helm_bin: str) -> Iterator[World]:
+    made = World(kube_api, helm_bin)
+    yield made
+    kube_api.delete_namespace(made.ns)
+    kube_api.harness.delete(
+        f"/apis/rbac.authorization.k8s.io/v1/clusterroles/caddy-ingress-controller-{made.suffix}"
+    )
+
+
+def _verbs_of(outcome: releases.ReleaseOutcome) -> list[str]:
+    return [a.verb for a in outcome.actions]
+
+
+@pytest.mark.apiserver
+@pytest.mark.helm
+def test_install_then_rerun_makes_no_upgrade_and_no_write(world: World) -> None:
+    desired = world.desired({"config": {"greeting": "one"}})
+    first = world.ensure(desired)
+    assert _verbs_of(first) == ["create-namespace", "upgrade-release"]
+    assert world.revisions() == [(1, "deployed")]
+    deployment = world.get(f"/apis/apps/v1/namespaces/{world.ns}/deployments/{world.name}")
+    assert deployment is not None
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations[releases.DIGEST_ANNOTATION] == desired.digest
+
+    mark = world.api.mark()
+    again = world.ensure(world.desired({"config": {"greeting": "one"}}))
+    assert _verbs_of(again) == ["up-to-date"]
+    assert not again.changed
+    assert world.api.writes_since(mark) == []
+    assert world.revisions() == [(1, "deployed")]
+
+
+@pytest.mark.apiserver
+@pytest.mark.helm
+def test_an_install_waits_until_the_pods_are_ready(world: World, kubelet: Any) -> None:
+    outcome = world.ensure(world.desired(wait=True))
+    assert _verbs_of(outcome) == ["create-namespace", "upgrade-release"]
+    assert world.revisions() == [(1, "deployed")]
+    workloads = asyncio.run(world.kube.list_workloads(world.ns))
+    assert workloads == [kube.Workload("Deployment", world.name, 1, 1)]
+
+
+@pytest.mark.apiserver
+@pytest.mark.helm
+def test_a_changed_input_makes_exactly_one_upgrade(world: World) -> None:
+    world.ensure(world.desired({"config": {"greeting": "one"}}))
+    changed = world.ensure(world.desired({"config": {"greeting": "two"}}))
+    assert _verbs_of(changed) == ["upgrade-release"]
+    assert changed.revision == 2
+    again = world.ensure(world.desired({"config": {"greeting": "two"}}))
+    assert _verbs_of(again) == ["up-to-date"]
+    assert world.revisions() == [(1, "superseded"), (2, "deployed")]
+    config = world.get(f"/api/v1/namespaces/{world.ns}/configmaps/{world.name}-config")
+    assert config is not None and config["data"]["greeting"] == "two"
+
+
+@pytest.mark.apiserver
+@pytest.mark.helm
+def test_secrets_are_written_before_the_release_and_only_when_changed(
+    world: World, tmp_path: Path
+) -> None:
+    key = tmp_path / "identity.json"
+    key.write_bytes(b"[7,7,7,7]")
+    key_spec = [spec.SecretSpec(name="keys", files={"identity.json": key})]
+    first = world.ensure(world.desired(secrets=key_spec))
+    assert _verbs_of(first) == ["create-namespace", "apply-secret", "upgrade-release"]
+    secret = world.get(f"/api/v1/namespaces/{world.ns}/secrets/keys")
+    assert secret is not None
+    assert base64.b64decode(secret["data"]["identity.json"]) == b"[7,7,7,7]"
+    assert secret["metadata"]["labels"][kube.MANAGED_BY] == kube.DRIVER
+    record = kube.decode_release(
+        asyncio.run(world.kube.list_release_secrets(world.ns, world.name))[0]
+    )
+    assert "7,7,7,7" not in json.dumps(record)
+    assert base64.b64encode(b"[7,7,7,7]").decode() not in json.dumps(record)
+
+    mark = world.api.mark()
+    assert _verbs_of(world.ensure(world.desired(secrets=key_spec))) == ["up-to-date"]
+    assert world.api.writes_since(mark) == []
+
+    key.write_bytes(b"[8]")
+    changed = world.ensure(world.desired(secrets=key_spec))
+    assert _verbs_of(changed) == ["apply-secret", "upgrade-release"]
+    secret = world.get(f"/api/v1/namespaces/{world.ns}/secrets/keys")
+    assert secret is not None and base64.b64decode(secret["data"]["identity.json"]) == b"[8]"
+
+
+def _leave_pending_install(world: World) -> None:
+    child = world.helm_cli(
+        "upgrade", "--install", world.name, str(MINI), "--create-namespace", "--wait", *HANG_FLAGS
+    )
+    world.kill_when(child, "pending-install")
+
+
+def _leave_pending_upgrade(world: World) -> None:
+    world.ensure(world.desired(HANG))
+    child = world.helm_cli(
+        "upgrade", world.name, str(MINI), "--wait", *HANG_FLAGS, "--set", "config.greeting=x"
+    )
+    world.kill_when(child, "pending-upgrade")
+
+
+def _leave_pending_rollback(world: World) -> None:
+    world.ensure(world.desired(HANG))
+    world.ensure(world.desired({**HANG, "config": {"greeting": "two"}}))
+    child = world.helm_cli("rollback", world.name, "1", "--wait")
+    world.kill_when(child, "pending-rollback")
+
+
+def _leave_uninstalling(world: World) -> None:
+    world.ensure(world.desired({"holdDeletion": True, "keptData": {"enabled": True}}))
+    child = world.helm_cli("uninstall", world.name, "--wait")
+    world.kill_when(child, "uninstalling")
+    # What blocked the uninstall goes away; the next deploy must finish it.
+    world.api.harness.patch(
+        f"/api/v1/namespaces/{world.ns}/configmaps/{world.name}-config",
+        {"metadata": {"finalizers": None}},
+    )
+
+
+@pytest.mark.apiserver
+@pytest.mark.helm
+@pytest.mark.parametrize(
+    ("leave", "first_verb"),
+    [
+        (_leave_pending_install, "unlock-release"),
+        (_leave_pending_upgrade, "unlock-release"),
+        (_leave_pending_rollback, "unlock-release"),
+        (_leave_uninstalling, "uninstall-release"),
+    ],
+    ids=["pending-install", "pending-upgrade", "pending-rollback", "uninstalling"],
+)
+def test_a_helm_killed_mid_operation_is_repaired_by_the_next_deploy(
+    world: World, leave: Any, first_verb: str
+) -> None:
+    leave(world)
+    stuck = world.revisions()
+    desired = world.desired({**HANG, "keptData": {"enabled": True}})
+    outcome = world.ensure(desired)
+    assert _verbs_of(outcome)[0] == first_verb
+    assert _verbs_of(outcome)[-1] == "upgrade-release"
+    assert world.latest() == "deployed"
+    if first_verb == "unlock-release":
+        # History is kept: the stuck revision is still there, no longer pending.
+        pending_number = stuck[-1][0]
+        assert dict(world.revisions())[pending_number] in ("failed", "superseded")
+        assert len(world.revisions()) == len(stuck) + 1
+    else:
+        kept = world.get(f"/api/v1/namespaces/{world.ns}/configmaps/{world.name}-data")
+        assert kept is not None and kept["data"] == {"ledger": "precious"}
+    assert _verbs_of(world.ensure(desired)) == ["up-to-date"]
+
+
+@pytest.mark.apiserver
+@pytest.mark.helm
+@pytest.mark.parametrize("stop", ["cancel", "deadline"])
+def test_stopping_during_wait_leaves_failed_never_pending(world: World, stop: str) -> None:
+    desired = world.desired(HANG, wait=True)
+
+    async def interrupted() -> None:
+        if stop == "deadline":
+            budget = STOP_GRACE + releases.MIN_HELM_SECONDS + 3
+            await releases.ensure_release(
+                world.kube, world.helm, desired, deadline=time.monotonic() + budget
+            )
+            return
+        task = asyncio.create_task(releases.ensure_release(world.kube, world.helm, desired))
+        while not await world.kube.list_release_secrets(world.ns, world.name):
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1)  # well inside `--wait`
+        task.cancel()
+        await task
+
+    started = time.monotonic()
+    expected = DeadlineExceeded if stop == "deadline" else asyncio.CancelledError
+    with pytest.raises(expected):
+        asyncio.run(interrupted())
+    if stop == "deadline":
+        assert time.monotonic() - started < STOP_GRACE + releases.MIN_HELM_SECONDS + 3 + 1
+    assert world.revisions() == [(1, "failed")]
+    assert releases.live_helm_pids(world.name, world.ns) == ()
+    retried = world.ensure(world.desired(HANG))
+    assert _verbs_of(retried) == ["upgrade-release"]
+    assert world.latest() == "deployed"
+
+
+@pytest.mark.apiserver
+@pytest.mark.helm
+def test_a_release_a_live_helm_works_on_is_left_alone(world: World) -> None:
+    child = world.helm_cli(
+        "upgrade", "--install", world.name, str(MINI), "--create-namespace", "--wait", *HANG_FLAGS
+    )
+    try:
+        # Once its last object (the Deployment) exists, helm only waits: no more writes.
+        deployment = f"/apis/apps/v1/namespaces/{world.ns}/deployments/{world.name}"
+        deadline = time.monotonic() + 60
+        while world.latest() != "pending-install" or world.get(deployment) is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        mark = world.api.mark()
+        with pytest.raises(ReleaseError, match=rf"pid {child.pid}\)? is still working on it"):
+            world.ensure(world.desired(HANG), busy_wait=1)
+        assert child.poll() is None
+        assert world.api.writes_since(mark) == []
+    finally:
+        child.kill()
+        child.wait()
+
+
+def _create(world: World, path: str, obj: dict[str, Any]) -> None:
+    world.api.harness.create(path, obj)
+
+
+def _laconic_so_objects(world: World, role: str) -> None:
+    """What laconic-so's create-only install leaves: plain objects, no Helm ownership."""
+    labels = {"app.kubernetes.io/name": "caddy-ingress-controller"}
+    _create(world, "/api/v1/namespaces", {"metadata": {"name": world.ns}})
+    _create(
+        world,
+        f"/api/v1/namespaces/{world.ns}/serviceaccounts",
+        {"metadata": {"name": "caddy-ingress-controller", "labels": labels}},
+    )
+    _create(
+        world,
+        "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+        {
+            "metadata": {"name": role, "labels": labels},
+            "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}],
+        },
+    )
+
+
+def _adopting_values(role: str) -> dict[str, Any]:
+    return {
+        "serviceAccount": {"name": "caddy-ingress-controller"},
+        "clusterRole": {"enabled": True, "name": role},
+    }
+
+
+@pytest.mark.apiserver
+@pytest.mark.helm
+def test_objects_left_by_a_create_only_installer_are_adopted(world: World) -> None:
+    role = f"caddy-ingress-controller-{world.suffix}"
+    _laconic_so_objects(world, role)
+    outcome = world.ensure(world.desired(_adopting_values(role)))
+    assert [(a.verb, a.target) for a in outcome.actions] == [
+        ("adopt-object", f"ServiceAccount {world.ns}/caddy-ingress-controller"),
+        ("adopt-object", f"ClusterRole {role}"),
+        ("upgrade-release", f"{world.ns}/{world.name}"),
+    ]
+    assert world.latest() == "deployed"
+    cluster_role = world.get(f"/apis/rbac.authorization.k8s.io/v1/clusterroles/{role}")
+    assert cluster_role is not None
+    assert cluster_role["rules"][0]["resources"] == ["configmaps"]  # the chart's, not the old
+    assert kube.owner_of(cluster_role).is_release(world.name, world.ns)
+    mark = world.api.mark()
+    assert _verbs_of(world.ensure(world.desired(_adopting_values(role)))) == ["up-to-date"]
+    assert world.api.writes_since(mark) == []
+
+
+@pytest.mark.apiserver
+@pytest.mark.helm
+def test_an_adoption_interrupted_before_the_upgrade_completes_next_time(world: World) -> None:
+    role = f"caddy-ingress-controller-{world.suffix}"
+    _laconic_so_objects(world, role)
+    desired = world.desired(_adopting_values(role))
+
+    async def adopt_only() -> None:
+        state = await releases.observe_release(world.kube, world.helm, desired)
+        actions = [a for a in releases.plan_release(desired, state) if a.verb == "adopt-object"]
+        await releases.apply_release(world.kube, world.helm, desired, state, actions)
+
+    asyncio.run(adopt_only())
+    assert _verbs_of(world.ensure(desired)) == ["upgrade-release"]
+    assert world.latest() == "deployed"
+
+
+@pytest.mark.apiserver
+@pytest.mark.helm
+def test_an_object_of_another_release_is_never_taken(world: World) -> None:
+    _create(world, "/api/v1/namespaces", {"metadata": {"name": world.ns}})
+    owned = {
+        "name": "caddy-ingress-controller",
+        "labels": {kube.MANAGED_BY: "Helm"},
+        "annotations": {kube.RELEASE_NAME: "other", kube.RELEASE_NAMESPACE: "elsewhere"},
+    }
+    _create(world, f"/api/v1/namespaces/{world.ns}/serviceaccounts", {"metadata": owned})
+    mark = world.api.mark()
+    with pytest.raises(ReleaseError) as caught:
+        world.ensure(world.desired({"serviceAccount": {"name": "caddy-ingress-controller"}}))
+    assert caught.value.message == (
+        f"release {world.name}: ServiceAccount {world.ns}/caddy-ingress-controller belongs to "
+        "release elsewhere/other; refusing to take it"
+    )
+    assert world.api.writes_since(mark) == []
+    assert world.revisions() == []
+
+
+@pytest.mark.apiserver
+@pytest.mark.helm
+def test_a_chart_that_renders_its_namespace_installs_into_a_new_one(world: World) -> None:
+    outcome = world.ensure(world.desired({"renderNamespace": True}))
+    assert _verbs_of(outcome) == ["create-namespace", "upgrade-release"]
+    namespace = world.get(f"/api/v1/namespaces/{world.ns}")
+    assert namespace is not None
+    assert kube.owner_of(namespace).is_release(world.name, world.ns)
+
+
+@pytest.mark.apiserver
+@pytest.mark.helm
+def test_removing_a_release_keeps_its_data(world: World) -> None:
+    world.ensure(world.desired({"keptData": {"enabled": True}}))
+    removed = asyncio.run(
+        releases.ensure_release_absent(world.kube, world.helm, world.name, world.ns)
+    )
+    assert removed
+    assert world.revisions() == []
+    assert world.get(f"/api/v1/namespaces/{world.ns}/configmaps/{world.name}-config") is None
+    assert world.get(f"/api/v1/namespaces/{world.ns}/configmaps/{world.name}-data") is not None
+    mark = world.api.mark()
+    again = asyncio.run(
+        releases.ensure_release_absent(world.kube, world.helm, world.name, world.ns)
+    )
+    assert not again
+    assert world.api.writes_since(mark) == []

@@ -95,7 +95,6 @@ class Workload:
     desired: int
     ready: int
 
-    @property
     def is_ready(self) -> bool:
         return self.ready >= self.desired
 
@@ -322,6 +321,8 @@ class Kube:
         self, name: str, *, labels: Mapping[str, str], annotations: Mapping[str, str]
     ) -> bool:
         """Creates the namespace unless it exists; returns whether it was created."""
+        if await self.get_namespace(name) is not None:
+            return False
         body = {
             "apiVersion": "v1",
             "kind": "Namespace",
@@ -332,7 +333,7 @@ class Kube:
             "/api/v1/namespaces",
             query={"fieldManager": FIELD_MANAGER},
             body=body,
-            allow=(409,),
+            allow=(409,),  # created by someone else since the read: just as good
         )
         return status != 409
 
