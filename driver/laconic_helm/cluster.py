@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -580,7 +581,9 @@ async def _probe_api(
     from laconic_helm import kube
 
     with tempfile.TemporaryDirectory(prefix="laconic-helm-") as tmp:
-        path = None
+        # The client fixes its default file list when first imported; read $KUBECONFIG now.
+        listed = os.environ.get("KUBECONFIG")
+        path = Path(listed) if listed else None
         if kubeconfig is not None:
             path = Path(tmp) / "kubeconfig"
             path.touch(mode=0o600)
