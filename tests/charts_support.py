@@ -12,13 +12,17 @@ import json
 import re
 import shlex
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kubernetes_validate
 import yaml
+
+if TYPE_CHECKING:
+    from tests.harness.api import KubeAPI
 
 REPO = Path(__file__).resolve().parent.parent
 CHARTS = REPO / "charts"
@@ -250,3 +254,72 @@ def values_documentation_gaps(chart: str) -> tuple[list[str], list[str]]:
     ]
     stale = sorted(documented - set(paths))
     return undocumented, stale
+
+
+def install(
+    helm: str, scenario: Scenario, api: KubeAPI, namespace: str, release: str = RELEASE
+) -> subprocess.CompletedProcess[str]:
+    """`helm upgrade --install` of the scenario into the API, as an operator types it."""
+    return subprocess.run(
+        [
+            helm,
+            "upgrade",
+            "--install",
+            release,
+            str(scenario.chart_dir),
+            "--namespace",
+            namespace,
+            *scenario.values_args,
+        ],
+        env=api.env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+
+
+def uninstall(helm: str, api: KubeAPI, namespace: str, release: str = RELEASE) -> None:
+    subprocess.run(
+        [helm, "uninstall", release, "--namespace", namespace],
+        env=api.env,
+        capture_output=True,
+        check=False,
+        timeout=300,
+    )
+
+
+def pods_admitted(api: KubeAPI, namespace: str, timeout: float = 60.0) -> list[str]:
+    """Waits until every ReplicaSet in the namespace has made its pods; returns the reasons of
+    ReplicaSets whose pods the API refused (admission runs on pods, not on Deployments)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sets = api.harness.get(f"/apis/apps/v1/namespaces/{namespace}/replicasets")["items"]
+        refused = [
+            f"{rs['metadata']['name']}: {c.get('message', c.get('reason'))}"
+            for rs in sets
+            for c in rs.get("status", {}).get("conditions", [])
+            if c["type"] == "ReplicaFailure" and c["status"] == "True"
+        ]
+        made = all(rs.get("status", {}).get("replicas", 0) >= rs["spec"]["replicas"] for rs in sets)
+        if refused or (sets and made):
+            return refused
+        if time.monotonic() > deadline:
+            return [f"no pods made within {timeout:.0f} s"]
+        time.sleep(0.2)
+
+
+def ensure_runtime_class(api: KubeAPI, name: str = "high-memlock") -> None:
+    """The RuntimeClass laconic-so's kind clusters define (the driver creates it too); pods
+    naming a RuntimeClass that does not exist are refused."""
+    path = "/apis/node.k8s.io/v1/runtimeclasses"
+    if api.harness.get_or_none(f"{path}/{name}") is None:
+        api.harness.create(
+            path,
+            {
+                "apiVersion": "node.k8s.io/v1",
+                "kind": "RuntimeClass",
+                "metadata": {"name": name},
+                "handler": name,
+            },
+        )

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import pytest
 
@@ -21,17 +21,24 @@ from tests.charts_support import (
     chart_scenarios,
     ci_scenarios,
     containers,
+    ensure_runtime_class,
     image_tag,
+    install,
     lint,
     of_kind,
     one,
     pod_spec,
+    pods_admitted,
     render,
     render_error,
     schema_errors,
+    uninstall,
     values_documentation_gaps,
     workload,
 )
+
+if TYPE_CHECKING:
+    from tests.harness.api import KubeAPI
 
 CHART = "agave"
 DEFAULTS = Scenario(CHART, ())
@@ -71,6 +78,30 @@ def test_one_pod_that_never_surges(helm_bin: str, scenario: Scenario) -> None:
     spec = workload(render(helm_bin, scenario))["spec"]
     assert spec["replicas"] == 1
     assert spec["strategy"] == {"type": "Recreate"}
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.id)
+def test_helm_3_and_4_render_the_same_objects(scenario: Scenario) -> None:
+    helm4, helm3 = shutil.which("helm"), shutil.which("helm3")
+    assert helm4 and helm3
+    assert render(helm4, scenario) == render(helm3, scenario)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.id)
+def test_api_server_accepts_the_release(
+    kube_api: KubeAPI, namespace: str, scenario: Scenario
+) -> None:
+    # Helm 4 applies server-side with strict field validation (Helm 3 sends the same objects,
+    # see above); the pods the ReplicaSet makes must then pass pod admission too.
+    helm = shutil.which("helm")
+    assert helm is not None
+    ensure_runtime_class(kube_api)
+    done = install(helm, scenario, kube_api, namespace)
+    try:
+        assert done.returncode == 0, done.stderr
+        assert pods_admitted(kube_api, namespace) == []
+    finally:
+        uninstall(helm, kube_api, namespace)
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.id)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import yaml
@@ -17,17 +19,24 @@ from tests.charts_support import (
     chart_scenarios,
     ci_scenarios,
     containers,
+    ensure_runtime_class,
     image_tag,
+    install,
     lint,
     of_kind,
     one,
     pod_spec,
+    pods_admitted,
     render,
     render_error,
     schema_errors,
+    uninstall,
     values_documentation_gaps,
     workload,
 )
+
+if TYPE_CHECKING:
+    from tests.harness.api import KubeAPI
 
 CHART = "caddy-ingress"
 DEFAULTS = Scenario(CHART, ())
@@ -70,6 +79,30 @@ def test_host_ports_mean_one_replica_replaced_not_surged(helm_bin: str, scenario
     if uses_host_ports(docs):
         assert workload(docs)["spec"]["replicas"] == 1
         assert workload(docs)["spec"]["strategy"] == {"type": "Recreate"}
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.id)
+def test_helm_3_and_4_render_the_same_objects(scenario: Scenario) -> None:
+    helm4, helm3 = shutil.which("helm"), shutil.which("helm3")
+    assert helm4 and helm3
+    assert render(helm4, scenario) == render(helm3, scenario)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.id)
+def test_api_server_accepts_the_release(
+    kube_api: KubeAPI, namespace: str, scenario: Scenario
+) -> None:
+    # Helm 4 applies server-side with strict field validation (Helm 3 sends the same objects,
+    # see above); the pods the ReplicaSet makes must then pass pod admission too.
+    helm = shutil.which("helm")
+    assert helm is not None
+    ensure_runtime_class(kube_api)
+    done = install(helm, scenario, kube_api, namespace)
+    try:
+        assert done.returncode == 0, done.stderr
+        assert pods_admitted(kube_api, namespace) == []
+    finally:
+        uninstall(helm, kube_api, namespace)
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.id)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import yaml
@@ -19,15 +21,20 @@ from tests.charts_support import (
     REPO,
     VALUES,
     Scenario,
+    ensure_runtime_class,
     lint,
     of_kind,
     one,
     overlay_scenarios,
     pod_spec,
+    pods_admitted,
     readme_commands,
     render,
     schema_errors,
 )
+
+if TYPE_CHECKING:
+    from tests.harness.api import KubeAPI
 
 OVERLAYS = [s for chart in CHART_NAMES for s in overlay_scenarios(chart)]
 # Each environment: the caddy-ingress overlay and the agave overlay deployed beside it.
@@ -143,3 +150,56 @@ def test_readme_install_lines_render(helm_bin: str, readme: Path) -> None:
         assert done.returncode == 0, f"{' '.join(argv)}\n{done.stderr}"
         docs = [d for d in yaml.safe_load_all(done.stdout) if d]
         assert schema_errors(docs) == []
+
+
+@pytest.mark.helm
+def test_readme_install_lines_install_both_releases(helm_bin: str, kube_api: KubeAPI) -> None:
+    # Every `helm upgrade --install` line of the two READMEs, typed as they stand (from the
+    # repository root), then all of them again: the second round must converge, not fail.
+    ensure_runtime_class(kube_api)
+    lines = [argv for readme in README_CHARTS for argv in readme_commands(readme)]
+    releases = {(argv[argv.index("--namespace") + 1], argv[3]) for argv in lines}
+    try:
+        for _ in range(2):
+            for argv in lines:
+                done = subprocess.run(
+                    [helm_bin, *argv[1:]],
+                    cwd=REPO,
+                    env=kube_api.env,
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                    timeout=300,
+                )
+                assert done.returncode == 0, f"{' '.join(argv)}\n{done.stderr}"
+                namespace = argv[argv.index("--namespace") + 1]
+                assert pods_admitted(kube_api, namespace) == [], " ".join(argv)
+        for namespace, release in releases:
+            status = subprocess.run(
+                [helm_bin, "status", release, "--namespace", namespace, "-o", "json"],
+                env=kube_api.env,
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=60,
+            )
+            assert yaml.safe_load(status.stdout)["info"]["status"] == "deployed"
+        assert {release for _, release in releases} == {"caddy-ingress", "agave"}
+    finally:
+        for namespace, release in releases:
+            subprocess.run(
+                [helm_bin, "uninstall", release, "--namespace", namespace],
+                env=kube_api.env,
+                capture_output=True,
+                check=False,
+                timeout=300,
+            )
+            kube_api.delete_namespace(namespace)
+        # The next test types the same lines: their namespaces must be gone, not terminating.
+        deadline = time.monotonic() + 120
+        while any(
+            kube_api.harness.get_or_none(f"/api/v1/namespaces/{namespace}")
+            for namespace, _ in releases
+        ):
+            assert time.monotonic() < deadline, "namespaces still terminating after 120 s"
+            time.sleep(0.5)
