@@ -4,6 +4,7 @@ node lacks is all that travels, and a load killed half-way is finished by the ne
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import hashlib
 import io
@@ -13,6 +14,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -22,12 +24,7 @@ import pytest
 from click.testing import CliRunner
 
 from laconic_helm import images, proc
-from laconic_helm.archive import (
-    LegacyLayers,
-    TarReader,
-    TarWriter,
-    chain_ids,
-)
+from laconic_helm.archive import LegacyLayers, PipeWriter, TarReader, TarWriter, chain_ids
 from laconic_helm.cli import main
 from laconic_helm.output import Reporter
 from tests.harness import nodes
@@ -94,30 +91,74 @@ def _sample_tar(fmt: int) -> tuple[bytes, dict[str, bytes]]:
     return buf.getvalue(), files
 
 
+def _feed(data: bytes) -> int:
+    """Returns the read end of a pipe another thread fills with `data`, as a child would."""
+    read_fd, write_fd = os.pipe()
+
+    def feed() -> None:
+        with os.fdopen(write_fd, "wb") as pipe, contextlib.suppress(BrokenPipeError):
+            pipe.write(data)
+
+    threading.Thread(target=feed, daemon=True).start()
+    return read_fd
+
+
+class _Drain:
+    """The read end of a pipe whose contents another thread collects."""
+
+    def __init__(self) -> None:
+        read_fd, self.fd = os.pipe()
+        self.data = b""
+        self._thread = threading.Thread(target=self._collect, args=(read_fd,), daemon=True)
+        self._thread.start()
+
+    def _collect(self, fd: int) -> None:
+        with os.fdopen(fd, "rb") as pipe:
+            self.data = pipe.read()
+
+    def result(self) -> bytes:
+        self._thread.join(10)
+        return self.data
+
+
 @pytest.mark.unit
 @pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT])
-def test_tar_reader_reads_long_names_links_and_big_files(fmt: int) -> None:
+@pytest.mark.parametrize("receivers", [0, 1, 2])
+def test_tar_reader_reads_long_names_links_and_moves_data(fmt: int, receivers: int) -> None:
+    """0 receivers: data dropped (spliced to /dev/null); 1: spliced; 2: copied to both."""
     data, files = _sample_tar(fmt)
+    drains = [_Drain() for _ in range(receivers)]
 
-    async def read() -> tuple[dict[str, bytes], dict[str, str]]:
-        stream = asyncio.StreamReader()
-        stream.feed_data(data)
-        stream.feed_eof()
-        reader = TarReader(stream)
+    async def read() -> tuple[dict[str, bytes], dict[str, str], int]:
+        reader = TarReader(_feed(data))
+        pipes = [PipeWriter(d.fd) for d in drains]
         seen: dict[str, bytes] = {}
         links: dict[str, str] = {}
+        counted = 0
+
+        def count(n: int) -> None:
+            nonlocal counted
+            counted += n
+
         while (entry := await reader.next()) is not None:
             if entry.type == tarfile.SYMTYPE:
                 links[entry.name] = entry.linkname
+            elif entry.size > MiB:
+                await reader.copy_to(pipes, count)
             elif entry.name != "empty":
-                seen[entry.name] = b"".join([c async for c in reader.chunks()])
-            else:
-                seen[entry.name] = b""  # left unread: next() must skip it
-        return seen, links
+                seen[entry.name] = await reader.read_small() or b""
+            # "empty" is left unread: next() must skip it
+        reader.close()
+        for pipe in pipes:
+            pipe.close()
+        return seen, links, counted
 
-    seen, links = asyncio.run(read())
-    assert seen == files
+    seen, links, counted = asyncio.run(read())
+    big = next(name for name in files if name.endswith("layer.tar"))
+    assert seen == {"short": files["short"]}
     assert links == {"a/layer.tar": "../b/layer.tar"}
+    assert counted == len(files[big])
+    assert [d.result() for d in drains] == [files[big]] * receivers
 
 
 @pytest.mark.unit
@@ -125,55 +166,36 @@ def test_tar_reader_rejects_a_cut_archive() -> None:
     data, _ = _sample_tar(tarfile.PAX_FORMAT)
 
     async def read() -> None:
-        stream = asyncio.StreamReader()
-        stream.feed_data(data[: 2 * MiB])
-        stream.feed_eof()
-        reader = TarReader(stream)
-        while await reader.next() is not None:
-            pass
+        reader = TarReader(_feed(data[: 2 * MiB]))
+        try:
+            while await reader.next() is not None:
+                pass
+        finally:
+            reader.close()
 
     with pytest.raises(images.ImageLoadError, match="ended"):
         asyncio.run(read())
 
 
-class _Sink:
-    """Collects what a TarWriter writes (the writer's pipe end)."""
-
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-    async def drain(self) -> None:
-        pass
-
-    def close(self) -> None:
-        self.closed = True
-
-    async def wait_closed(self) -> None:
-        pass
-
-
 @pytest.mark.unit
 def test_tar_writer_output_is_a_tar_that_counts_every_byte() -> None:
-    sink = _Sink()
+    drain = _Drain()
     long_name = "blobs/sha256/" + "f" * 64 + "/" + "x" * 80
 
     async def write() -> int:
-        writer = TarWriter(sink)  # type: ignore[arg-type]
+        writer = TarWriter(PipeWriter(drain.fd))
         await writer.add("index.json", b"{}")
-        writer.begin(long_name, 1000)
-        writer.data(b"a" * 600)
-        writer.data(b"b" * 400)
-        writer.end(1000)
+        await writer.begin(long_name, 1000)
+        await writer.pipe.write(b"a" * 600)
+        await writer.pipe.write(b"b" * 400)
+        await writer.end(1000)
         await writer.close()
         return writer.written
 
     written = asyncio.run(write())
-    assert written == len(sink.data) and sink.closed
-    with tarfile.open(fileobj=io.BytesIO(bytes(sink.data))) as tar:
+    data = drain.result()
+    assert written == len(data)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         got = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}  # type: ignore[union-attr]
     assert got == {"index.json": b"{}", long_name: b"a" * 600 + b"b" * 400}
 
@@ -586,9 +608,9 @@ def test_oci_layout_archives_with_compressed_multi_platform_images(
         archives[ref] = tmp_path / f"{uuid.uuid4().hex}.tar"
         archives[ref].write_bytes(_oci_archive(saved, images.containerd_name(ref)))
 
-    async def cat(refs: Sequence[str]) -> asyncio.subprocess.Process:
+    async def cat(refs: Sequence[str], stdout: int) -> asyncio.subprocess.Process:
         (ref,) = refs
-        return await proc.spawn(["cat", str(archives[ref])])
+        return await proc.spawn(["cat", str(archives[ref])], stdout=stdout)
 
     first = _load(cluster, one, archive=cat)[one]
     assert first.status == "loaded" and first.bytes_sent > 3 * MiB

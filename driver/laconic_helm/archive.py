@@ -13,9 +13,14 @@ memory does not grow with the image.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import fcntl
 import hashlib
 import json
+import os
 import re
+import select
 import tarfile
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -23,10 +28,11 @@ from typing import TYPE_CHECKING
 from laconic_helm.errors import ImageLoadError
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+    from collections.abc import Callable, Iterable, Sequence
 
 BLOCK = 512
-CHUNK = 1 << 20  # bytes moved per read; bounds the relay's memory
+CHUNK = 1 << 20  # bytes moved per step; bounds the relay's memory
+PIPE_SIZE = 1 << 20  # the default ceiling of /proc/sys/fs/pipe-max-size
 SMALL_LIMIT = 16 << 20  # largest metadata file (json, manifest.json, index.json) held in memory
 _ZERO_BLOCK = bytes(BLOCK)
 
@@ -70,19 +76,85 @@ def _pax_records(data: bytes) -> dict[str, str]:
     return records
 
 
-class TarReader:
-    """Reads a tar stream entry by entry; data is handed out in chunks of at most CHUNK bytes."""
+def open_pipe() -> tuple[int, int]:
+    """Returns (read fd, write fd) of a new pipe, enlarged so bytes move in big steps."""
+    read_fd, write_fd = os.pipe()  # not inherited: only the child given one end holds it
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    return read_fd, write_fd
 
-    def __init__(self, stream: asyncio.StreamReader) -> None:
-        self._stream = stream
+
+async def _ready(fd: int, *, write: bool) -> None:
+    """Waits until `fd` is readable (or writable)."""
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    if write:
+        add, remove = loop.add_writer, loop.remove_writer
+    else:
+        add, remove = loop.add_reader, loop.remove_reader
+    add(fd, lambda: ready.done() or ready.set_result(None))
+    try:
+        await ready
+    finally:
+        remove(fd)
+
+
+class PipeWriter:
+    """The write end of a pipe into a child; counts every byte it sends."""
+
+    def __init__(self, fd: int) -> None:
+        os.set_blocking(fd, False)
+        self.fd = fd
+        self.written = 0
+
+    async def write(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                done = os.write(self.fd, view)
+            except BlockingIOError:
+                await _ready(self.fd, write=True)
+                continue
+            view = view[done:]
+            self.written += done
+
+    def close(self) -> None:
+        """Closes the pipe: the child reads end-of-file."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class TarReader:
+    """Reads a tar stream from a pipe entry by entry, never holding more than CHUNK bytes.
+
+    Entry data is not buffered here, so it can be spliced on to other pipes by the kernel
+    (`copy_to`): a layer bound for one node, or skipped, costs this process almost nothing.
+    """
+
+    def __init__(self, fd: int) -> None:
+        os.set_blocking(fd, False)
+        self.fd = fd
         self._left = 0
         self._pad = 0
+        self._null = -1
+
+    async def _read(self, n: int) -> bytes:
+        while True:
+            try:
+                return os.read(self.fd, n)
+            except BlockingIOError:
+                await _ready(self.fd, write=False)
 
     async def _exactly(self, n: int) -> bytes:
-        try:
-            return await self._stream.readexactly(n)
-        except asyncio.IncompleteReadError as exc:
-            raise TruncatedArchive("the image archive ended before its end marker") from exc
+        parts = []
+        while n:
+            data = await self._read(n)
+            if not data:
+                raise TruncatedArchive("the image archive ended before its end marker")
+            parts.append(data)
+            n -= len(data)
+        return b"".join(parts)
 
     async def next(self) -> TarEntry | None:
         """Returns the next entry (skipping what is left of the current one), None at the end."""
@@ -92,7 +164,7 @@ class TarReader:
         while True:
             block = await self._exactly(BLOCK)
             if block == _ZERO_BLOCK:
-                while await self._stream.read(CHUNK):  # let the writer finish its padding
+                while await self._read(CHUNK):  # let the writer finish its padding
                     pass
                 return None
             try:
@@ -118,29 +190,79 @@ class TarReader:
             link = pax.get("linkpath") or long_link or info.linkname
             return TarEntry(name, size, info.type, link)
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """Yields the current entry's data."""
-        while self._left:
-            data = await self._stream.read(min(self._left, CHUNK))
-            if not data:
-                raise TruncatedArchive("the image archive ended inside an entry")
-            self._left -= len(data)
-            yield data
-        if self._pad:
-            await self._exactly(self._pad)
-            self._pad = 0
-
     async def read_small(self, limit: int = SMALL_LIMIT) -> bytes | None:
         """Returns the current entry's data, or None (data skipped) when it exceeds `limit`."""
         if self._left > limit:
             await self.skip()
             return None
-        parts = [chunk async for chunk in self.chunks()]
-        return b"".join(parts)
+        data = await self._exactly(self._left)
+        self._left = 0
+        await self._end()
+        return data
 
     async def skip(self) -> None:
-        async for _ in self.chunks():
-            pass
+        await self.copy_to([], lambda n: None)
+
+    async def copy_to(
+        self,
+        writers: Sequence[PipeWriter],
+        on_bytes: Callable[[int], None],
+        hasher: hashlib._Hash | None = None,
+    ) -> None:
+        """Moves the current entry's data into every writer (none: drops it)."""
+        if hasher is None and len(writers) <= 1:
+            await self._splice(writers[0] if writers else None, on_bytes)
+        while self._left:
+            data = await self._read(min(self._left, CHUNK))
+            if not data:
+                raise TruncatedArchive("the image archive ended inside an entry")
+            self._left -= len(data)
+            if hasher is not None:
+                hasher.update(data)
+            for writer in writers:
+                await writer.write(data)
+            on_bytes(len(data))
+        await self._end()
+
+    async def _splice(self, writer: PipeWriter | None, on_bytes: Callable[[int], None]) -> None:
+        """Lets the kernel move the data pipe to pipe (or to /dev/null); leaves what it cannot."""
+        if writer is None and self._null < 0:
+            self._null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        out = writer.fd if writer is not None else self._null
+        flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+        while self._left:
+            try:
+                moved = os.splice(self.fd, out, min(self._left, CHUNK), flags=flags)
+            except BlockingIOError:
+                readable, writable, _ = select.select([self.fd], [out], [], 0)
+                if not readable:
+                    await _ready(self.fd, write=False)
+                elif not writable:
+                    await _ready(out, write=True)
+                else:
+                    await asyncio.sleep(0.001)
+                continue
+            except OSError as exc:
+                if exc.errno == errno.EINVAL:  # not a pipe (a file in tests): copy instead
+                    return
+                raise
+            if not moved:
+                raise TruncatedArchive("the image archive ended inside an entry")
+            self._left -= moved
+            if writer is not None:
+                writer.written += moved
+            on_bytes(moved)
+
+    async def _end(self) -> None:
+        if self._pad:
+            pad, self._pad = self._pad, 0
+            await self._exactly(pad)
+
+    def close(self) -> None:
+        for fd in (self.fd, self._null):
+            if fd >= 0:
+                os.close(fd)
+        self.fd = self._null = -1
 
 
 def _header(name: str, size: int) -> bytes:
@@ -151,41 +273,31 @@ def _header(name: str, size: int) -> bytes:
 
 
 class TarWriter:
-    """Writes a tar stream into a pipe and counts every byte it sends."""
+    """Writes a tar stream into a pipe."""
 
-    def __init__(self, sink: asyncio.StreamWriter) -> None:
-        self._sink = sink
-        self.written = 0
+    def __init__(self, pipe: PipeWriter) -> None:
+        self.pipe = pipe
 
-    def _put(self, data: bytes) -> None:
-        self._sink.write(data)
-        self.written += len(data)
+    @property
+    def written(self) -> int:
+        return self.pipe.written
 
-    def begin(self, name: str, size: int) -> None:
-        self._put(_header(name, size))
+    async def begin(self, name: str, size: int) -> None:
+        await self.pipe.write(_header(name, size))
 
-    def data(self, chunk: bytes) -> None:
-        self._put(chunk)
-
-    def end(self, size: int) -> None:
+    async def end(self, size: int) -> None:
         if size % BLOCK:
-            self._put(bytes(BLOCK - size % BLOCK))
-
-    async def drain(self) -> None:
-        await self._sink.drain()
+            await self.pipe.write(bytes(BLOCK - size % BLOCK))
 
     async def add(self, name: str, data: bytes) -> None:
-        self.begin(name, len(data))
-        self.data(data)
-        self.end(len(data))
-        await self.drain()
+        await self.begin(name, len(data))
+        await self.pipe.write(data)
+        await self.end(len(data))
 
     async def close(self) -> None:
         """Writes the end marker and closes the pipe, which tells the importer to finish."""
-        self._put(bytes(2 * BLOCK))
-        await self.drain()
-        self._sink.close()
-        await self._sink.wait_closed()
+        await self.pipe.write(bytes(2 * BLOCK))
+        self.pipe.close()
 
 
 def digest_of(data: bytes) -> str:
@@ -398,18 +510,12 @@ class Relay:
     ) -> str:
         hasher = hashlib.sha256() if digest is None else None
         for target in receivers:
-            target.writer.begin(path, entry.size)
-        async for chunk in reader.chunks():
-            if hasher is not None:
-                hasher.update(chunk)
-            for target in receivers:
-                target.writer.data(chunk)
-            if receivers:
-                await asyncio.gather(*(t.writer.drain() for t in receivers))
-            self._on_bytes(digest, len(chunk))
+            await target.writer.begin(path, entry.size)
+        pipes = [t.writer.pipe for t in receivers]
+        await reader.copy_to(pipes, lambda n: self._on_bytes(digest, n), hasher)
         final = digest or f"sha256:{hasher.hexdigest()}"  # type: ignore[union-attr]
         for target in receivers:
-            target.writer.end(entry.size)
+            await target.writer.end(entry.size)
             target.sent[final] = entry.size
             self._on_blob(target, final, entry.size)
         return final

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import time
 import tomllib
@@ -27,12 +28,14 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 from laconic_helm import proc
 from laconic_helm.archive import (
     ArchiveImage,
+    PipeWriter,
     Relay,
     Target,
     TarReader,
     TarWriter,
     TruncatedArchive,
     chain_ids,
+    open_pipe,
 )
 from laconic_helm.errors import CommandError, ImageLoadError, UserError
 from laconic_helm.output import human_bytes
@@ -51,6 +54,7 @@ GC_ROOT = "containerd.io/gc.root"
 HOLD_MARK = "laconic-helm-load"  # the gc.root value this loader sets and clears
 HOLD_MIN_BYTES = 1 << 20  # smaller blobs cost less to resend than to mark
 SNAPSHOT_LABEL = "containerd.io/gc.ref.snapshot."
+_HOLD_LAG = 0.3  # seconds between a blob's last byte and a try to mark it (each try is an exec)
 _CONTENT_REF = "containerd.io/gc.ref.content."
 _CONFIG_LABEL = _CONTENT_REF + "config"
 _MANIFEST_LABEL = _CONTENT_REF + "m."
@@ -65,8 +69,8 @@ _GC_LABEL = re.compile(r"(containerd\.io/gc\.[\w./-]+)=([^,\s]+)")
 
 Action = Literal["present", "retag", "load"]
 Status = Literal["skipped", "retagged", "loaded"]
-# Starts the process whose stdout is the image archive for the given references.
-ArchiveSource: TypeAlias = "Callable[[Sequence[str]], Awaitable[asyncio.subprocess.Process]]"
+# Starts the process that writes the archive of the given references to the given fd.
+ArchiveSource: TypeAlias = "Callable[[Sequence[str], int], Awaitable[asyncio.subprocess.Process]]"
 
 
 def containerd_name(ref: str) -> str:
@@ -290,13 +294,17 @@ def _snapshotter(config_dump: str) -> str:
     return str(v3 or v2 or DEFAULT_SNAPSHOTTER)
 
 
-async def get_node_state(node: str) -> NodeState:
-    """Reads the node's images and content; raises UserError when its containerd does not answer."""
-    images, content, config = await asyncio.gather(
-        _ctr(node, "images", "ls", check=False),
-        _ctr(node, "content", "ls", check=False),
-        proc.run(["docker", "exec", node, "containerd", "config", "dump"], check=False),
-    )
+async def get_node_state(node: str, snapshotter: str = "") -> NodeState:
+    """Reads the node's images and content; raises UserError when its containerd does not answer.
+
+    The CRI snapshotter comes from `containerd config dump` unless given (a re-read).
+    """
+    reads = [_ctr(node, "images", "ls", check=False), _ctr(node, "content", "ls", check=False)]
+    if not snapshotter:
+        reads.append(
+            proc.run(["docker", "exec", node, "containerd", "config", "dump"], check=False)
+        )
+    images, content, *config = await asyncio.gather(*reads)
     for done in (images, content):
         if done.returncode != 0:
             reason = _tail(done.stderr or done.stdout)
@@ -307,7 +315,9 @@ async def get_node_state(node: str) -> NodeState:
         for line in content.text.splitlines()
         if (m := _CONTENT_ROW.match(line))
     }
-    snapshotter = _snapshotter(config.text) if config.returncode == 0 else DEFAULT_SNAPSHOTTER
+    if config:
+        dumped = config[0].text if config[0].returncode == 0 else ""
+        snapshotter = _snapshotter(dumped)
     return NodeState(node, snapshotter, names, blobs)
 
 
@@ -364,7 +374,8 @@ async def ensure_images(
             now = time.monotonic()
             finished.update({a.image.ref: now for a in loads})
         touched = sorted({a.node for a in actions if a.action != "present"})
-        after = {**states, **(await check_nodes(touched) if touched else {})}
+        reread = [get_node_state(n, states[n].snapshotter) for n in touched]
+        after = {**states, **{s.node: s for s in await asyncio.gather(*reread)}}
         for action in actions:
             if not after[action.node].holds(action.image):
                 raise ImageLoadError(
@@ -403,9 +414,9 @@ def _results(
     return results
 
 
-async def docker_save(refs: Sequence[str]) -> asyncio.subprocess.Process:
-    """Starts `docker save` of `refs` for the nodes' platform; its stdout is the archive."""
-    return await proc.spawn(["docker", "save", *await _platform_args(), *refs])
+async def docker_save(refs: Sequence[str], stdout: int) -> asyncio.subprocess.Process:
+    """Starts `docker save` of `refs` for the nodes' platform, writing the archive to `stdout`."""
+    return await proc.spawn(["docker", "save", *await _platform_args(), *refs], stdout=stdout)
 
 
 async def _platform_args() -> list[str]:
@@ -434,12 +445,12 @@ class _Holds:
 
     `ctr import` keeps what it has written under a lease that dies with it, so a killed load
     would lose every layer it already moved. A mark can only be set once the importer has
-    committed the blob, which lags the pipe a little: the worker retries until it sticks.
+    committed the blob, which lags the pipe a little: the worker retries until it sticks, and
+    stops when the import ends (its images then hold the blobs).
     """
 
     def __init__(self, node: str) -> None:
         self.node = node
-        self.marked: list[str] = []
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._task = asyncio.create_task(self._work())
 
@@ -450,10 +461,10 @@ class _Holds:
     async def _work(self) -> None:
         while True:
             digest = await self._queue.get()
-            while (await _ctr(self.node, "content", "label", digest, f"{GC_ROOT}={HOLD_MARK}",
-                              check=False)).returncode != 0:  # fmt: skip
-                await asyncio.sleep(0.2)
-            self.marked.append(digest)
+            mark = ["content", "label", digest, f"{GC_ROOT}={HOLD_MARK}"]
+            await asyncio.sleep(_HOLD_LAG)
+            while (await _ctr(self.node, *mark, check=False)).returncode != 0:
+                await asyncio.sleep(_HOLD_LAG)
 
     async def stop(self) -> None:
         self._task.cancel()
@@ -482,21 +493,37 @@ async def _collect(stream: asyncio.StreamReader | None) -> bytes:
 
 @dataclass
 class _Importer:
+    """One node's `ctr images import`, fed through a pipe this process writes."""
+
     node: str
     process: asyncio.subprocess.Process
+    writer: TarWriter
     output: asyncio.Task[bytes]
     holds: _Holds
 
+    @classmethod
+    async def start(cls, state: NodeState) -> _Importer:
+        read_fd, write_fd = open_pipe()
+        try:
+            process = await proc.spawn(
+                ["docker", "exec", "-i", state.node, "ctr", "-n", NAMESPACE, "images", "import",
+                 "--snapshotter", state.snapshotter, "-"],
+                stdin=read_fd,
+                stderr=asyncio.subprocess.STDOUT,
+            )  # fmt: skip
+        except BaseException:
+            os.close(write_fd)
+            raise
+        finally:
+            os.close(read_fd)
+        output = asyncio.create_task(_collect(process.stdout))
+        return cls(state.node, process, TarWriter(PipeWriter(write_fd)), output, _Holds(state.node))
 
-async def _start_importer(state: NodeState) -> _Importer:
-    process = await proc.spawn(
-        ["docker", "exec", "-i", state.node, "ctr", "-n", NAMESPACE, "images", "import",
-         "--snapshotter", state.snapshotter, "-"],
-        stdin=proc.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    output = asyncio.create_task(_collect(process.stdout))
-    return _Importer(state.node, process, output, _Holds(state.node))
+    async def failure(self) -> ImageLoadError:
+        return ImageLoadError(
+            f"ctr import into node {self.node} failed: {_tail(await self.output)}",
+            hint="re-run to continue; layers that reached the node are kept",
+        )
 
 
 async def _load(
@@ -505,65 +532,61 @@ async def _load(
     reporter: Reporter,
     archive: ArchiveSource,
 ) -> dict[str, int]:
-    """Streams one `docker save` into every node that lacks an image; returns bytes sent per ref."""
+    """Streams one archive of every image some node lacks into those nodes' importers.
+
+    Returns the bytes sent per image reference.
+    """
     images = list({a.image.ref: a.image for a in loads}.values())
     wanted: dict[str, list[LocalImage]] = {}
     for action in loads:
         wanted.setdefault(action.node, []).append(action.image)
-
-    def archive_images(chosen: Sequence[LocalImage]) -> list[ArchiveImage]:
-        by_id: dict[str, list[LocalImage]] = {}
-        for image in chosen:
-            by_id.setdefault(image.id, []).append(image)
-        return [
-            ArchiveImage(tuple(i.name for i in group), group[0].id, group[0].diff_ids)
-            for group in by_id.values()
-        ]
-
-    save = await archive([i.ref for i in images])
+    read_fd, write_fd = open_pipe()
+    try:
+        save = await archive([i.ref for i in images], write_fd)
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)
+    source = TarReader(read_fd)
     save_errors = asyncio.create_task(_collect(save.stderr))
     importers: list[_Importer] = []
     try:
         for node in sorted(wanted):
-            importers.append(await _start_importer(states[node]))
+            importers.append(await _Importer.start(states[node]))
         targets = [
-            Target(imp.node, TarWriter(imp.process.stdin), states[imp.node].kept(),
-                   archive_images(wanted[imp.node]))  # type: ignore[arg-type]
-            for imp in importers
-        ]  # fmt: skip
-        holds = {imp.node: imp.holds for imp in importers}
+            Target(i.node, i.writer, states[i.node].kept(), _archive_images(wanted[i.node]))
+            for i in importers
+        ]
         with ExitStack() as stack:
             bars = {i.ref: stack.enter_context(reporter.progress(i.ref, i.size)) for i in images}
-            owners = _owners(images, bars)
-            everyone = list(bars.values())
+            owners, everyone = _owners(images, bars), list(bars.values())
 
             def on_bytes(digest: str | None, n: int) -> None:
                 for bar in owners.get(digest or "", everyone):
                     bar.advance(n)
 
+            holds = {i.node: i.holds for i in importers}
             relay = Relay(
-                archive_images(images),
+                _archive_images(images),
                 targets,
                 on_bytes=on_bytes,
                 on_blob=lambda target, digest, size: holds[target.node].add(digest, size),
             )
             try:
-                await relay.read(TarReader(save.stdout))  # type: ignore[arg-type]
-            except (BrokenPipeError, ConnectionResetError) as exc:
-                raise await _import_failure(importers) from exc
-            except TruncatedArchive as exc:
-                if await save.wait() != 0:
-                    raise ImageLoadError(f"docker save failed: {_tail(await save_errors)}") from exc
-                raise
+                await relay.read(source)
+            except BrokenPipeError as exc:
+                stopped = [i for i in importers if i.process.returncode is not None]
+                raise await (stopped or importers)[0].failure() from exc
+            except TruncatedArchive:
+                if await save.wait() == 0:
+                    raise
             if await save.wait() != 0:
                 raise ImageLoadError(f"docker save failed: {_tail(await save_errors)}")
             await relay.finish()
-        for imp in importers:
-            if await imp.process.wait() != 0:
-                raise ImageLoadError(
-                    f"ctr import into node {imp.node} failed: {_tail(await imp.output)}",
-                    hint="re-run to continue; layers that reached the node are kept",
-                )
+        for importer in importers:
+            if await importer.process.wait() != 0:
+                raise await importer.failure()
         return _attribute(images, targets)
     except BaseException:
         await asyncio.gather(
@@ -571,18 +594,21 @@ async def _load(
         )
         raise
     finally:
-        for imp in importers:
-            await imp.holds.stop()
+        source.close()
+        for importer in importers:
+            importer.writer.pipe.close()
+            await importer.holds.stop()
 
 
-async def _import_failure(importers: Sequence[_Importer]) -> ImageLoadError:
-    """Names the node whose importer closed its input early, with the importer's last words."""
-    for imp in importers:
-        if imp.process.returncode is not None:
-            return ImageLoadError(
-                f"ctr import into node {imp.node} failed: {_tail(await imp.output)}"
-            )
-    return ImageLoadError("an importer stopped reading its input")
+def _archive_images(chosen: Sequence[LocalImage]) -> list[ArchiveImage]:
+    """Groups references by image ID: one archive image with every name it goes by."""
+    by_id: dict[str, list[LocalImage]] = {}
+    for image in chosen:
+        by_id.setdefault(image.id, []).append(image)
+    return [
+        ArchiveImage(tuple(i.name for i in group), group[0].id, group[0].diff_ids)
+        for group in by_id.values()
+    ]
 
 
 def _owners(

@@ -1,0 +1,334 @@
+"""Image loading into a fresh kind-like node: kind's way against this loader, side by side.
+
+Builds synthetic images offline and fresh stand-in nodes (tests/harness/nodes.py: Debian's
+containerd in a container labelled like a kind node), then measures wall seconds and the bytes
+that enter the node:
+
+  A   kind at its best: one `docker save` of all images to a temp tar, one `ctr import`
+  A1  the way laconic-so used kind: one save-and-import per image
+  B   this loader, first load into a fresh node
+  C   this loader again, everything present
+  D   this loader after rebuilding one image with a new top layer; AD is kind's way (A) for
+      that one image into a node that holds the old set
+  E   this loader SIGKILLed half-way through the set (E1), then run again (E2)
+
+Set S: images sharing one large base layer (like real stacks on a Debian base); set U: images
+sharing nothing. The loader runs as the real CLI (`python -m laconic_helm`), so its figures
+include interpreter start-up; its peak RSS is reported too. The machine is shared: the load
+average is printed with the results.
+
+    python benchmarks/images.py                 # set S 1.5 GiB, set U 0.9 GiB (needs ~15 GB disk)
+    python benchmarks/images.py --base-mib 200 --top-mib 20 --unique-mib 60   # a quick run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "driver"))
+
+from tests.harness import nodes  # noqa: E402
+
+MiB = 1 << 20
+IMPORT = [
+    "ctr",
+    "--namespace=k8s.io",
+    "images",
+    "import",
+    "--all-platforms",
+    "--digests",
+    "--snapshotter=overlayfs",
+    "-",
+]
+
+
+@dataclass
+class Row:
+    set: str
+    step: str
+    seconds: float
+    sent: int
+    rss_mib: float | None = None
+    note: str = ""
+
+
+def random_file(path: Path, size: int) -> None:
+    with path.open("wb") as out:
+        left = size
+        while left:
+            chunk = min(left, 16 * MiB)
+            out.write(os.urandom(chunk))
+            left -= chunk
+
+
+def build(ref: str, files: dict[str, int], work: Path, base: str | None = None) -> str:
+    """Builds `ref` FROM `base` (or scratch) with one COPY layer per random file."""
+    context = work / uuid.uuid4().hex
+    context.mkdir()
+    lines = [f"FROM {base or 'scratch'}"]
+    for name, size in files.items():
+        random_file(context / name, size)
+        lines.append(f"COPY {name} /{name}")
+    (context / "Dockerfile").write_text("\n".join(lines) + "\n")
+    subprocess.run(
+        ["docker", "build", "-q", "-t", ref, str(context)],
+        env={**os.environ, "DOCKER_BUILDKIT": "0"},
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    subprocess.run(["rm", "-rf", str(context)], check=True)
+    return ref
+
+
+def fresh_node(prefix: str) -> tuple[str, str]:
+    cluster = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    (node,) = nodes.create_cluster(cluster)
+    return cluster, node
+
+
+def kind_load(refs: list[str], node: str, work: Path) -> tuple[float, int]:
+    """kind's `load docker-image`: save every image to one temp tar, then import it."""
+    start = time.monotonic()
+    tar = work / f"images-{uuid.uuid4().hex}.tar"
+    subprocess.run(["docker", "save", "-o", str(tar), *refs], check=True)
+    size = tar.stat().st_size
+    with tar.open("rb") as stdin:
+        subprocess.run(
+            ["docker", "exec", "-i", node, *IMPORT],
+            stdin=stdin,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+    tar.unlink()
+    return time.monotonic() - start, size
+
+
+def loader(
+    cluster: str, refs: list[str], *, kill_at: int | None = None
+) -> tuple[float, int, float]:
+    """Runs the CLI; returns (seconds, bytes sent, peak RSS MiB). With `kill_at`, SIGKILLs it
+    once it has written that many bytes and returns the bytes written by then."""
+    argv = [
+        sys.executable,
+        "-m",
+        "laconic_helm",
+        "-o",
+        "json",
+        "images",
+        "load",
+        "--cluster",
+        cluster,
+        *refs,
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "driver")}
+    start = time.monotonic()
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    written = 0
+    if kill_at is not None:
+        while child.poll() is None and written < kill_at:
+            written = _wchar(child.pid)
+            time.sleep(0.02)
+        child.send_signal(signal.SIGKILL)
+    out = child.stdout.read() if child.stdout else b""  # type: ignore[union-attr]
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.monotonic() - start
+    rss = usage.ru_maxrss / 1024
+    if kill_at is not None:
+        return seconds, written, rss
+    if child.returncode != 0:
+        raise SystemExit(f"loader failed ({child.returncode}): {out.decode()}")
+    report = json.loads(out)
+    return seconds, sum(i["bytes_sent"] for i in report["images"]), rss
+
+
+def _wchar(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+            if line.startswith("wchar:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def image_bytes(refs: list[str]) -> int:
+    out = subprocess.run(
+        ["docker", "image", "inspect", "--format", "{{.Size}}", *refs],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return sum(int(x) for x in out.split())
+
+
+def run_set(
+    name: str,
+    refs: list[str],
+    rebuild: tuple[str, str | None, int],
+    total: int,
+    work: Path,
+    clusters: list[str],
+) -> list[Row]:
+    rows: list[Row] = []
+
+    def node(prefix: str) -> tuple[str, str]:
+        cluster, n = fresh_node(prefix)
+        clusters.append(cluster)
+        return cluster, n
+
+    _, node_a = node("bench-a")
+    seconds, sent = kind_load(refs, node_a, work)
+    rows.append(Row(name, "A", seconds, sent, note="one save to a temp tar + import"))
+
+    cluster_a1, node_a1 = node("bench-a1")
+    seconds = sent = 0
+    for ref in refs:
+        s, b = kind_load([ref], node_a1, work)
+        seconds, sent = seconds + s, sent + b
+    rows.append(Row(name, "A1", seconds, sent, note="save + import per image"))
+    nodes.delete_cluster(cluster_a1)
+
+    cluster_b, _ = node("bench-b")
+    seconds, sent, rss = loader(cluster_b, refs)
+    rows.append(Row(name, "B", seconds, sent, rss, "loader, fresh node"))
+    seconds, sent, rss = loader(cluster_b, refs)
+    rows.append(Row(name, "C", seconds, sent, rss, "loader, all present"))
+
+    ref, base, top = rebuild
+    build(ref, {"top": top}, work, base=base)
+    seconds, sent, rss = loader(cluster_b, refs)
+    rows.append(
+        Row(name, "D", seconds, sent, rss, f"loader, {ref} rebuilt: new {top // MiB} MiB top")
+    )
+    seconds, sent = kind_load([ref], node_a, work)
+    rows.append(Row(name, "AD", seconds, sent, note=f"kind's way for {ref} alone"))
+
+    cluster_e, _ = node("bench-e")
+    seconds, sent, rss = loader(cluster_e, refs, kill_at=total // 2)
+    rows.append(Row(name, "E1", seconds, sent, rss, "loader SIGKILLed half-way (bytes written)"))
+    time.sleep(1)
+    seconds, sent, rss = loader(cluster_e, refs)
+    rows.append(Row(name, "E2", seconds, sent, rss, "loader re-run after the kill"))
+    for cluster in (cluster_b, cluster_e):
+        nodes.delete_cluster(cluster)
+    return rows
+
+
+def table(rows: list[Row]) -> str:
+    lines = [
+        "| set | step | seconds | sent into the node | loader peak RSS | what |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        rss = f"{r.rss_mib:.0f} MiB" if r.rss_mib else ""
+        lines.append(
+            f"| {r.set} | {r.step} | {r.seconds:.1f} | {r.sent / MiB:.1f} MiB | {rss} | {r.note} |"
+        )
+    return "\n".join(lines)
+
+
+def targets(rows: list[Row], changed: dict[str, int], totals: dict[str, int]) -> str:
+    """The issue's targets, computed from the rows."""
+    by = {(r.set, r.step): r for r in rows}
+    out = []
+    for name in sorted({r.set for r in rows}):
+        a, a1, b, c, d, ad, e1, e2 = (
+            by[(name, s)] for s in ("A", "A1", "B", "C", "D", "AD", "E1", "E2")
+        )
+        out += [
+            f"set {name}: B/A = {b.seconds / a.seconds:.2f} (<= 1.0)",
+            f"set {name}: B/A1 = {b.seconds / a1.seconds:.2f}"
+            + (" (<= 0.75)" if name == "S" else ""),
+            f"set {name}: C = {c.seconds:.2f} s, {c.sent} bytes (<= 1 s, 0 bytes)",
+            f"set {name}: D sent {d.sent / changed[name]:.3f}x the changed layer (<= 1.1),"
+            f" D/AD = {d.seconds / ad.seconds:.2f} (<= 0.35)",
+            f"set {name}: E1 wrote {e1.sent / MiB:.0f} MiB before the kill; E2 sent"
+            f" {e2.sent / MiB:.0f} MiB of {totals[name] / MiB:.0f} MiB,"
+            f" E2/A = {e2.seconds / a.seconds:.2f}",
+            f"set {name}: loader peak RSS {max(r.rss_mib or 0 for r in rows if r.set == name):.0f}"
+            " MiB (< 200 MiB)",
+        ]
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--base-mib", type=int, default=1200, help="set S shared base layer")
+    parser.add_argument("--top-mib", type=int, default=100, help="set S top layer per image")
+    parser.add_argument("--unique-mib", type=int, default=280, help="set U lower layer per image")
+    parser.add_argument("--unique-top-mib", type=int, default=8, help="set U top layer per image")
+    parser.add_argument("--images", type=int, default=3, help="images per set")
+    args = parser.parse_args()
+
+    repo = f"laconic-helm-bench/{uuid.uuid4().hex[:6]}"
+    work = Path(tempfile.mkdtemp(prefix="laconic-helm-bench-"))
+    clusters: list[str] = []
+    rows: list[Row] = []
+    try:
+        print(f"building images under {repo} ...", file=sys.stderr)
+        base = build(f"{repo}/base:1", {"base": args.base_mib * MiB}, work)
+        shared = [
+            build(f"{repo}/s{i}:1", {"top": args.top_mib * MiB}, work, base=base)
+            for i in range(args.images)
+        ]
+        lowers = [
+            build(f"{repo}/u{i}-lower:1", {"data": args.unique_mib * MiB}, work)
+            for i in range(args.images)
+        ]
+        unique = [
+            build(f"{repo}/u{i}:1", {"top": args.unique_top_mib * MiB}, work, base=lower)
+            for i, lower in enumerate(lowers)
+        ]
+        base_bytes = image_bytes([base])
+        totals = {
+            "S": base_bytes + image_bytes(shared) - args.images * base_bytes,
+            "U": image_bytes(unique),
+        }
+        changed = {"S": args.top_mib * MiB, "U": args.unique_top_mib * MiB}
+        print(
+            f"set S: {totals['S'] / MiB:.0f} MiB distinct, set U: {totals['U'] / MiB:.0f} MiB",
+            file=sys.stderr,
+        )
+        rows += run_set("S", shared, (shared[0], base, changed["S"]), totals["S"], work, clusters)
+        rows += run_set(
+            "U", unique, (unique[0], lowers[0], changed["U"]), totals["U"], work, clusters
+        )
+    finally:
+        for cluster in clusters:
+            nodes.delete_cluster(cluster)
+        listed = subprocess.run(
+            ["docker", "images", "-q", "--filter", f"reference={repo}/*"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.split()
+        if listed:
+            subprocess.run(["docker", "rmi", "-f", *set(listed)], capture_output=True, check=False)
+        subprocess.run(["rm", "-rf", str(work)], check=False)
+    load = os.getloadavg()
+    print(table(rows))
+    print()
+    print(targets(rows, changed, totals))
+    print(
+        f"\n{args.images} images per set; set S shares a {args.base_mib} MiB base"
+        f" (tops {args.top_mib} MiB), set U shares nothing"
+        f" ({args.unique_mib} + {args.unique_top_mib} MiB each). {os.cpu_count()} cores;"
+        f" load average at the end {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}."
+    )
+
+
+if __name__ == "__main__":
+    main()
