@@ -111,6 +111,129 @@ def images_load(app: App, cluster: str, image: tuple[str, ...]) -> None:
     _run(app, work)
 
 
+def _spec_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--spec",
+        "spec_file",
+        type=click.Path(path_type=Path, dir_okay=True),
+        default=None,
+        envvar="LACONIC_HELM_SPEC",
+        help="Deployment spec (env LACONIC_HELM_SPEC). Default: ./deployment.yaml if present, "
+        "else the built-in default (Caddy + agave test node on kind cluster laconic-local).",
+    )(command)
+
+
+def _lock_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--lock-wait",
+        type=click.FloatRange(min=0),
+        default=60.0,
+        show_default=True,
+        help="Seconds to wait while another run holds this deployment's lock (then exit 4).",
+    )(command)
+
+
+def _cluster_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    command = click.option(
+        "--recreate-cluster",
+        is_flag=True,
+        help="Rebuild the kind cluster when its ports or mounts differ (only one this tool made).",
+    )(command)
+    return click.option(
+        "--adopt-cluster",
+        is_flag=True,
+        help="Treat a same-named kind cluster that this tool did not create as its own.",
+    )(command)
+
+
+def _load(spec_file: Path | None) -> Any:
+    from laconic_helm import spec
+
+    if spec_file is None and Path(spec.DEFAULT_SPEC_NAME).is_file():
+        spec_file = Path(spec.DEFAULT_SPEC_NAME)
+    return spec.load_spec(spec_file)
+
+
+@main.command()
+@_spec_option
+@click.option(
+    "--deadline",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Seconds the run may take; it stops cleanly before then and exits 3 (re-run to go on).",
+)
+@_lock_option
+@_cluster_options
+@click.pass_obj
+def deploy(
+    app: App,
+    spec_file: Path | None,
+    deadline: float | None,
+    lock_wait: float,
+    recreate_cluster: bool,
+    adopt_cluster: bool,
+) -> None:
+    """Brings cluster, images and releases to the spec, redoing nothing already done."""
+    from laconic_helm import deploy as sequence
+
+    opts = sequence.Options(deadline, lock_wait, recreate_cluster, adopt_cluster)
+
+    async def work() -> dict[str, Any]:
+        return await sequence.deploy(_load(spec_file), app.reporter, opts)
+
+    _run(app, work)
+
+
+@main.command()
+@_spec_option
+@_cluster_options
+@click.pass_obj
+def plan(app: App, spec_file: Path | None, recreate_cluster: bool, adopt_cluster: bool) -> None:
+    """Shows what `deploy` would do against the live state; writes nothing."""
+    from laconic_helm import deploy as sequence
+
+    opts = sequence.Options(recreate_cluster=recreate_cluster, adopt_cluster=adopt_cluster)
+
+    async def work() -> dict[str, Any]:
+        return await sequence.plan(_load(spec_file), app.reporter, opts)
+
+    _run(app, work)
+
+
+@main.command()
+@_spec_option
+@click.pass_obj
+def status(app: App, spec_file: Path | None) -> None:
+    """Reports the cluster, nodes, images and each release as they are now."""
+    from laconic_helm import deploy as sequence
+
+    async def work() -> dict[str, Any]:
+        return await sequence.status(_load(spec_file), app.reporter)
+
+    _run(app, work)
+
+
+@main.command()
+@_spec_option
+@click.option(
+    "--delete-cluster",
+    is_flag=True,
+    help="Also delete the kind cluster, and only if this tool created it.",
+)
+@_lock_option
+@click.pass_obj
+def down(app: App, spec_file: Path | None, delete_cluster: bool, lock_wait: float) -> None:
+    """Uninstalls the releases, keeping data volumes; the cluster stays unless asked."""
+    from laconic_helm import deploy as sequence
+
+    async def work() -> dict[str, Any]:
+        return await sequence.down(
+            _load(spec_file), app.reporter, delete_cluster=delete_cluster, lock_wait=lock_wait
+        )
+
+    _run(app, work)
+
+
 @main.group("import")
 def import_() -> None:
     """Turns a deployment made by another tool into a laconic-helm spec."""

@@ -223,7 +223,8 @@ async def down(
     """Uninstalls the releases (newest first), keeping data; deletes the cluster if asked."""
     async with lock.deployment_lock(spec.cluster.name, wait=lock_wait):
         state = await cluster.observe_cluster(spec.cluster)
-        if state.exists or not _uses_kind(spec):
+        # An unhealthy cluster cannot uninstall anything; it must not block its own deletion.
+        if (state.exists or not _uses_kind(spec)) and not state.problems:
             access = await cluster.ensure_kubeconfig(spec.cluster, state)
             k, h = await _connect(access)
             for r in reversed(spec.releases):
