@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from laconic_helm import cluster, images, lock, preflight, releases
+from laconic_helm import cluster, images, lock, preflight, releases, verify
 from laconic_helm.errors import DeadlineExceeded, UserError
 from laconic_helm.helm import STOP_GRACE
 from laconic_helm.helm import connect as connect_helm
@@ -141,6 +141,13 @@ async def deploy(spec: Spec, reporter: Reporter, opts: Options) -> dict[str, Any
                     revision=outcome.revision,
                     digest=outcome.digest,
                 )
+
+        for r in spec.releases:
+            if r.verify is not None:
+                current.append(f"verify {r.name}")
+                with reporter.step(f"verify {r.name}") as rec:
+                    probe = await verify.probe_rpc(r.verify.url, r.verify.host)
+                    rec.done("ok" if probe.ok else "warning", probe.detail, **probe.as_dict())
     return {}
 
 

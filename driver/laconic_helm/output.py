@@ -14,9 +14,9 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
 OutputMode = Literal["human", "json"]
-StepStatus = Literal["ok", "changed", "skipped", "failed"]
+StepStatus = Literal["ok", "changed", "skipped", "warning", "failed"]
 
-_MARKS = {"ok": "✓", "changed": "✓", "skipped": "-", "failed": "✗"}
+_MARKS = {"ok": "✓", "changed": "✓", "skipped": "-", "warning": "!", "failed": "✗"}
 _PLAIN_PROGRESS_EVERY = 5.0  # seconds between plain progress lines
 
 

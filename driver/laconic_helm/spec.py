@@ -106,6 +106,15 @@ class SecretSpec(_Model):
         return v
 
 
+class Verify(_Model):
+    """Where a user reaches the node's RPC through the ingress (checked after the deploy)."""
+
+    url: str = Field(
+        pattern=r"^https?://", description="URL of the ingress, e.g. http://127.0.0.1/."
+    )
+    host: str | None = Field(None, description="Host header: the RPC route's host name.")
+
+
 class Release(_Model):
     """One Helm release, applied with `helm upgrade --install`."""
 
@@ -120,6 +129,7 @@ class Release(_Model):
     images: tuple[str, ...] = Field(
         (), description="Images of the spec this release runs; a rebuilt one rolls its pods."
     )
+    verify: Verify | None = Field(None, description="JSON-RPC check through the ingress.")
     wait: bool = Field(True, description="Wait for workloads to be ready.")
     timeout: int = Field(300, ge=1, description="Seconds helm may wait.")
 
@@ -301,6 +311,7 @@ def default_spec() -> Spec:
                 "chart": "builtin:agave",
                 "namespace": "agave",
                 "valuesFiles": [str(values / "agave" / "kind-test.yaml")],
+                "verify": {"url": "http://127.0.0.1/", "host": "rpc.agave.localhost"},
             },
         ],
     }
