@@ -346,6 +346,17 @@ def test_plan_refuses_to_steal_from_another_release_before_any_write(statuses: t
 
 
 @pytest.mark.unit
+def test_objects_no_deployed_revision_applied_yet_are_being_adopted() -> None:
+    config = kube.ObjectRef("v1", "ConfigMap", "mine", "apps")
+    existing = (_owned(SA, "Helm", "mini", "apps"), _owned(config, "Helm", "mini", "apps"))
+    applied = frozenset({kube.ObjectRef("v1beta1", "ConfigMap", "mine", "apps").key})
+    state = ReleaseState(
+        "mini", "apps", True, (Revision(1, "deployed"),), existing=existing, applied=applied
+    )
+    assert state.adopting == (SA,)
+
+
+@pytest.mark.unit
 def test_plan_creates_a_rendered_namespace_owned_by_the_release() -> None:
     actions = releases.plan_release(_desired(), _state(ns=False, rendered=(NS, SA)))
     assert _verbs(actions)[0] == ("create-namespace", "owned by the release: the chart renders it")
@@ -855,6 +866,41 @@ def test_objects_left_by_a_create_only_installer_are_adopted(world: World) -> No
     mark = world.api.mark()
     assert _verbs_of(world.ensure(world.desired(_adopting_values(role)))) == ["up-to-date"]
     assert world.api.writes_since(mark) == []
+
+
+@pytest.mark.apiserver
+@pytest.mark.helm
+def test_an_adopted_deployment_takes_the_charts_strategy(world: World) -> None:
+    # The installer's Deployment has the API's default RollingUpdate; the chart wants Recreate.
+    # Helm 4's server-side apply would keep `rollingUpdate` beside it, which the API refuses.
+    labels = {"app.kubernetes.io/name": "mini", "app.kubernetes.io/instance": world.name}
+    _create(world, "/api/v1/namespaces", {"metadata": {"name": world.ns}})
+    _create(
+        world,
+        f"/apis/apps/v1/namespaces/{world.ns}/deployments",
+        {
+            "metadata": {"name": world.name, "labels": labels},
+            "spec": {
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {"containers": [{"name": "mini", "image": "old:1"}]},
+                },
+            },
+        },
+    )
+    outcome = world.ensure(world.desired({"strategy": {"type": "Recreate"}}))
+    assert ("adopt-object", f"Deployment {world.ns}/{world.name}") in [
+        (a.verb, a.target) for a in outcome.actions
+    ]
+    deployment = world.get(f"/apis/apps/v1/namespaces/{world.ns}/deployments/{world.name}")
+    assert deployment is not None
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert [c["image"] for c in deployment["spec"]["template"]["spec"]["containers"]] == [
+        "registry.k8s.io/pause:3.10"
+    ]
+    changed = world.ensure(world.desired({"strategy": {"type": "Recreate"}, "replicaCount": 2}))
+    assert _verbs_of(changed) == ["upgrade-release"]  # later upgrades apply as usual
 
 
 @pytest.mark.apiserver

@@ -89,6 +89,8 @@ def release_error(release: str, action: str, exc: helm_errors.Error) -> ReleaseE
             meaning = "helm cannot reach the Kubernetes API"
         elif isinstance(exc, helm_errors.FailedToRenderChartError):
             meaning = "the chart does not render with these values"
+        elif isinstance(exc, helm_errors.InvalidResourceError):
+            meaning = "the API rejected an object it renders"
         else:
             meaning = f"helm {action} failed"
     return ReleaseError(release, f"{meaning}: {_tail(stderr)}")

@@ -58,6 +58,11 @@ class ObjectRef:
     def group(self) -> str:
         return self.api_version.rpartition("/")[0]
 
+    @property
+    def key(self) -> tuple[str, str, str | None, str]:
+        """Identity across API versions of the same kind (group, kind, namespace, name)."""
+        return (self.group, self.kind, self.namespace, self.name)
+
 
 @dataclass(frozen=True)
 class Resource:

@@ -51,6 +51,7 @@ DESCRIPTION_PREFIX = "laconic-helm digest="
 POD_ANNOTATIONS = "podAnnotations"  # the values key the charts put on their workload pods
 
 PENDING = frozenset({"pending-install", "pending-upgrade", "pending-rollback"})
+GOOD = frozenset({"deployed", "superseded"})
 BUSY_WAIT = 15.0  # seconds to let a live helm on this host finish before giving up
 MIN_HELM_SECONDS = 5.0  # do not start a helm operation with less budget than this
 
@@ -240,6 +241,7 @@ class Revision:
     description: str = ""
     digest: str | None = None
     secret: str = ""  # the Secret that stores it
+    manifest: str = field(default="", repr=False, compare=False)  # what helm applied
 
 
 def _revision_digest(record: Mapping[str, Any]) -> str | None:
@@ -265,6 +267,7 @@ def revision_from_secret(secret: Mapping[str, Any]) -> Revision:
         description=str(info.get("description") or ""),
         digest=_revision_digest(record),
         secret=name,
+        manifest=str(record.get("manifest") or ""),
     )
 
 
@@ -288,6 +291,14 @@ class ReleaseState:
     rendered: tuple[kube.ObjectRef, ...] = ()  # observed only when an upgrade is due
     existing: tuple[ObservedObject, ...] = ()  # the rendered objects already present
     busy: tuple[int, ...] = ()  # pids of helm processes on this host working on the release
+    applied: frozenset[tuple[str, str, str | None, str]] = frozenset()  # ObjectRef.key of
+    # every object the newest deployed (or superseded) revision applied
+
+    @property
+    def adopting(self) -> tuple[kube.ObjectRef, ...]:
+        """Existing rendered objects that no deployed revision of this release has applied
+        yet: the upgrade takes them over (whether stamped in this run or an earlier one)."""
+        return tuple(o.ref for o in self.existing if o.ref.key not in self.applied)
 
     @property
     def latest(self) -> Revision | None:
@@ -367,19 +378,32 @@ async def _render(helm: Helm, desired: DesiredRelease, upgrade: bool) -> list[ku
             no_hooks=True,
             is_upgrade=upgrade,
         )
-        objects = [d for d in docs if isinstance(d, dict) and d.get("kind")]
+        objects = list(docs)
     except helm_errors.Error as exc:
         raise release_error(desired.name, "template", exc) from None
     except yaml.YAMLError:
         raise ReleaseError(desired.name, "the chart renders invalid YAML") from None
+    return _refs(objects)
+
+
+def _refs(objects: Iterable[Any]) -> list[kube.ObjectRef]:
     refs = []
     for obj in objects:
+        if not isinstance(obj, dict) or not obj.get("kind") or not obj.get("apiVersion"):
+            continue
         meta = obj.get("metadata") or {}
-        if obj.get("apiVersion") and meta.get("name"):
+        if meta.get("name"):
             refs.append(
                 kube.ObjectRef(obj["apiVersion"], obj["kind"], meta["name"], meta.get("namespace"))
             )
     return refs
+
+
+def _manifest_refs(manifest: str) -> list[kube.ObjectRef]:
+    try:
+        return _refs(yaml.safe_load_all(manifest))
+    except yaml.YAMLError:
+        return []  # unreadable: treat every existing object as not yet applied
 
 
 async def _chart(helm: Helm, desired: DesiredRelease) -> pyhelm3.Chart:
@@ -432,8 +456,20 @@ async def observe_release(
         live = await k.get_object(ref)
         if live is not None:
             existing.append(ObservedObject(ref, kube.owner_of(live)))
+    good = next((r for r in reversed(revisions) if r.status in GOOD), None)
+    applied = frozenset(
+        [(await k.scoped(ref, ns)).key for ref in _manifest_refs(good.manifest)] if good else []
+    )
     return ReleaseState(
-        name, ns, namespace_exists, revisions, secrets, tuple(rendered), tuple(existing), busy
+        name,
+        ns,
+        namespace_exists,
+        revisions,
+        secrets,
+        tuple(rendered),
+        tuple(existing),
+        busy,
+        applied,
     )
 
 
@@ -581,11 +617,16 @@ async def _adopt(k: kube.Kube, desired: DesiredRelease, ref: kube.ObjectRef) -> 
     return True
 
 
-async def _upgrade(helm: Helm, desired: DesiredRelease, deadline: float | None) -> int:
+async def _upgrade(
+    helm: Helm, desired: DesiredRelease, state: ReleaseState, deadline: float | None
+) -> int:
     chart = await _chart(helm, desired)
-    ssa = helm.major >= 4
-    # Helm 4 applies server-side; forcing conflicts makes the chart win over fields another
-    # manager set (e.g. on objects adopted from a create-only installer), as Helm 3 does.
+    # Helm 4 applies server-side, where a field another manager set stays unless the chart
+    # sets it too: an adopted Deployment whose installer left `rollingUpdate` keeps it next to
+    # the chart's `type: Recreate`, and the API rejects the pair. Taking objects over therefore
+    # goes client-side, as Helm 3 does: the strategic merge patch drops such fields (retainKeys).
+    # Otherwise Helm 4 applies server-side, forcing conflicts so the chart wins on its fields.
+    ssa = helm.major >= 4 and not state.adopting
     try:
         revision = await _within(
             deadline,
@@ -600,7 +641,7 @@ async def _upgrade(helm: Helm, desired: DesiredRelease, deadline: float | None) 
                 description=desired.description,
                 wait=desired.wait,
                 timeout=f"{desired.timeout}s",
-                server_side="true" if ssa else None,
+                server_side=None if helm.major < 4 else ("true" if ssa else "false"),
                 force_conflicts=ssa,
             ),
         )
@@ -668,7 +709,7 @@ async def apply_release(
             if not await _adopt(k, desired, ref):
                 continue
         elif verb == "upgrade-release":
-            revision = await _upgrade(helm, desired, deadline)
+            revision = await _upgrade(helm, desired, state, deadline)
         elif verb != "up-to-date":
             raise ValueError(f"unknown release action {verb!r}")
         done.append(action)
