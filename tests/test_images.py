@@ -30,7 +30,7 @@ from laconic_helm.output import Reporter
 from tests.harness import nodes
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Callable, Iterator, Sequence
     from pathlib import Path
 
 MiB = 1 << 20
@@ -543,6 +543,47 @@ def test_legacy_layer_directories_map_to_diff_ids(builder: Builder) -> None:
     assert layers.diff_of_dir == expected
     # Lower layers keep their directory names across images (the base is the same directory).
     assert manifest[0]["Layers"][0] == manifest[1]["Layers"][0]
+
+
+def _rewrite(saved: bytes, change: Callable[[str, bytes], bytes]) -> bytes:
+    """Copies a tar, passing each regular file's name and data through `change`."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(saved)) as src, tarfile.open(fileobj=out, mode="w") as dst:
+        for member in src.getmembers():
+            if member.isfile():
+                data = change(member.name, src.extractfile(member).read())  # type: ignore[union-attr]
+                member.size = len(data)
+                dst.addfile(member, io.BytesIO(data))
+            else:
+                dst.addfile(member)
+    return out.getvalue()
+
+
+@pytest.mark.docker
+def test_layers_whose_mapping_is_unproven_are_sent_whole(
+    builder: Builder, cluster: str, tmp_path: Path
+) -> None:
+    """A directory whose v1 ID cannot be recomputed is sent anyway and checked at the end."""
+    base = builder.build("a:1", {"l1": os.urandom(2 * MiB), "l2": os.urandom(MiB)})
+    ref = builder.build("b:1", {"top": os.urandom(100 << 10)}, base=base)
+    _load(cluster, base)  # the node now holds every lower layer of b:1
+    saved = subprocess.run(["docker", "save", ref], capture_output=True, check=True).stdout
+
+    def unprovable(name: str, data: bytes) -> bytes:
+        if name.endswith("/json"):
+            return data.replace(b'"created":"', b'"created":"0', 1)
+        return data
+
+    archive = tmp_path / "unprovable.tar"
+    archive.write_bytes(_rewrite(saved, unprovable))
+
+    async def cat(refs: Sequence[str], stdout: int) -> asyncio.subprocess.Process:
+        return await proc.spawn(["cat", str(archive)], stdout=stdout)
+
+    result = _load(cluster, ref, archive=cat)[ref]
+    assert result.status == "loaded"
+    assert result.bytes_sent > 3 * MiB  # unproven layers travel although the node has them
+    assert _load(cluster, ref)[ref].status == "skipped"
 
 
 def saved_config(saved: bytes, name: str) -> bytes:

@@ -350,8 +350,8 @@ async def ensure_images(
     """Ensures every node of `cluster` holds each image under its name; one result per image.
 
     Everything is checked first (cluster, nodes, images, containerd), so bad input moves nothing.
-    A re-run costs only what is missing: two docker calls and two reads per node when all is there.
-    `archive` starts the process whose output is the image archive (default: `docker save`).
+    A re-run costs only what is missing: two docker calls and three reads per node when all is
+    there. `archive` starts the process that writes the image archive (default: `docker save`).
     """
     start = time.monotonic()
     refs = list(dict.fromkeys(refs))
