@@ -1122,3 +1122,11 @@ def test_the_seed_scenario_caddy_left_by_laconic_so_deploys_on_the_first_rerun(
         while world.get(f"/api/v1/namespaces/{world.ns}") is not None:
             assert time.monotonic() < deadline, f"namespace {world.ns} never went away"
             time.sleep(0.2)
+
+
+@pytest.mark.apiserver
+@pytest.mark.helm
+def test_a_release_stuck_by_a_killed_helm_can_be_removed(world: World) -> None:
+    _leave_pending_install(world)
+    assert asyncio.run(releases.ensure_release_absent(world.kube, world.helm, world.name, world.ns))
+    assert world.revisions() == []

@@ -741,9 +741,14 @@ async def ensure_release_absent(
 ) -> bool:
     """Uninstalls the release if any revision of it is stored; returns whether it did.
 
-    Objects marked `helm.sh/resource-policy: keep` (the data) stay behind.
+    Objects marked `helm.sh/resource-policy: keep` (the data) stay behind. Any stored state
+    (pending or uninstalling included) is uninstalled, unless a live helm is working on it.
     """
     if not await _read_revisions(k, name, namespace):
         return False
+    busy = live_helm_pids(name, namespace)
+    if busy:
+        pids = ", ".join(str(p) for p in busy)
+        raise ReleaseError(name, f"helm (pid {pids}) is working on it; wait for it, then re-run")
     await _uninstall(helm, name, namespace, timeout, deadline)
     return True
