@@ -55,7 +55,8 @@ pytestmark = pytest.mark.helm
 
 
 def controller(docs: list[dict]) -> dict:
-    return next(c for c in pod_spec(docs)["containers"] if c["name"] == "controller")
+    """The controller container: always the pod's first."""
+    return pod_spec(docs)["containers"][0]
 
 
 def uses_host_ports(docs: list[dict]) -> bool:
@@ -185,6 +186,9 @@ def test_adoption_overlay_renders_laconic_so_names(helm_bin: str) -> None:
     assert one(docs, "IngressClass")["metadata"]["annotations"] == {
         "ingressclass.kubernetes.io/is-default-class": "true"
     }
+    # Adoption patches the live Deployment: a container of another name would be added beside
+    # laconic-so's, both on host ports 80/443, which the API refuses.
+    assert controller(docs)["name"] == "caddy-ingress-controller"
     assert controller(docs)["args"][:2] == [
         "-config-map=caddy-system/caddy-ingress-controller-configmap",
         "-class-name=caddy",
