@@ -1072,13 +1072,6 @@ def _seed_caddy_objects(world: World) -> None:
 
 @pytest.mark.apiserver
 @pytest.mark.helm
-@pytest.mark.xfail(
-    strict=True,
-    raises=ReleaseError,
-    reason="charts/caddy-ingress names its container `controller` where laconic-so's is "
-    "`caddy-ingress-controller`: Helm never removes an adopted object's fields, so the "
-    "Deployment gets both containers and the API refuses their duplicate host ports",
-)
 def test_the_seed_scenario_caddy_left_by_laconic_so_deploys_on_the_first_rerun(
     world: World,
 ) -> None:
