@@ -12,6 +12,11 @@ Repairs (no revision is ever deleted by hand, and no rollback is needed):
   objects marked `helm.sh/resource-policy: keep` (the data) survive it.
 A pending revision that a live helm process on this host is still working on is never touched.
 
+Adoption: a rendered object that exists without an owner (e.g. left by laconic-so's create-only
+install) is stamped with Helm's ownership metadata, so the upgrade takes it over; one owned by
+another release stops the run before any write. Helm 4 takes objects over with client-side
+apply (see `_upgrade`) and applies server-side otherwise.
+
 Skipping: the digest of the chart's files, the effective values and the caller's extras (image
 IDs, Secret content hashes) is stored in the revision's description and as a pod annotation.
 When the newest revision is `deployed` with the desired digest, nothing is written at all.
@@ -291,8 +296,8 @@ class ReleaseState:
     rendered: tuple[kube.ObjectRef, ...] = ()  # observed only when an upgrade is due
     existing: tuple[ObservedObject, ...] = ()  # the rendered objects already present
     busy: tuple[int, ...] = ()  # pids of helm processes on this host working on the release
-    applied: frozenset[tuple[str, str, str | None, str]] = frozenset()  # ObjectRef.key of
-    # every object the newest deployed (or superseded) revision applied
+    # ObjectRef.key of every object the newest deployed (or superseded) revision applied
+    applied: frozenset[tuple[str, str, str | None, str]] = frozenset()
 
     @property
     def adopting(self) -> tuple[kube.ObjectRef, ...]:
