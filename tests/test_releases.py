@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from pyhelm3 import errors as helm_errors
 
 from laconic_helm import kube, releases, spec
-from laconic_helm.errors import DeadlineExceeded, ReleaseError, ToolMissingError
-from laconic_helm.helm import STOP_GRACE, Helm, classify, release_error
+from laconic_helm.errors import DeadlineExceeded, ReleaseError
+from laconic_helm.helm import STOP_GRACE, Helm
 from laconic_helm.helm import connect as helm_connect
+from laconic_helm.helm import live_helm_pids as helm_live_pids
 from laconic_helm.releases import DesiredRelease, ObservedObject, ReleaseState, Revision
 
 if TYPE_CHECKING:
@@ -371,116 +371,6 @@ def test_plan_adopts_an_existing_rendered_namespace() -> None:
     ]
 
 
-# -- helm's errors and processes ---------------------------------------------------------------
-
-
-@pytest.mark.unit
-@pytest.mark.parametrize(
-    ("stderr", "cls"),
-    [
-        ("UPGRADE FAILED: context canceled", helm_errors.CommandCancelledError),
-        ("etcdserver: request timed out; release: not found", helm_errors.ConnectionError),
-        ("release: not found", helm_errors.ReleaseNotFoundError),
-        (
-            "execution error at (mini/templates/x.yaml:1:3): boom",
-            helm_errors.FailedToRenderChartError,
-        ),
-        ('Deployment.apps "x" is invalid: spec.replicas', helm_errors.InvalidResourceError),
-        ("another operation (install/upgrade/rollback) is in progress", helm_errors.Error),
-    ],
-    ids=["cancelled", "etcd-first", "not-found", "render", "invalid", "unclassified"],
-)
-def test_stderr_classification_keeps_pyhelm3_classes(stderr: str, cls: type) -> None:
-    assert classify(f"Error: {stderr}") is cls
-
-
-LOCKED = "another helm operation holds the release (a pending revision)"
-NOT_READY = "resources did not become ready within the timeout"
-
-
-@pytest.mark.unit
-@pytest.mark.parametrize(
-    ("stderr", "meaning"),
-    [
-        ("UPGRADE FAILED: another operation (install/upgrade/rollback) is in progress", LOCKED),
-        ('UPGRADE FAILED: "mini" has no deployed releases', "no deployed revision to upgrade from"),
-        (
-            'Unable to continue with install: ServiceAccount "x" in namespace "apps" exists and '
-            "cannot be imported into the current release: invalid ownership metadata",
-            "an object it renders exists and belongs to something else",
-        ),
-        (
-            'UPGRADE FAILED: Apply failed with 2 conflicts: conflict with "kubectl"',
-            "server-side apply conflict with another field manager",
-        ),
-        ("UPGRADE FAILED: context deadline exceeded", NOT_READY),
-        ("INSTALLATION FAILED: timed out waiting for the condition", NOT_READY),
-        ("UPGRADE FAILED: context canceled", "helm was stopped; the revision is recorded failed"),
-        ("something new", "helm upgrade failed"),
-    ],
-    ids=[
-        "locked",
-        "no-deployed",
-        "not-importable",
-        "ssa-conflict",
-        "deadline",
-        "timeout",
-        "cancelled",
-        "other",
-    ],
-)
-def test_release_errors_say_what_helm_meant_and_keep_its_words(stderr: str, meaning: str) -> None:
-    stderr = f"WARNING: kubeconfig is group-readable\nError: {stderr}\n"
-    err = release_error("mini", "upgrade", classify(stderr)(1, b"", stderr.encode()))
-    tail = stderr.strip().splitlines()[-1]
-    assert err.message == f"release mini: {meaning}: {tail}"
-    assert err.release == "mini"
-
-
-@pytest.mark.unit
-@pytest.mark.parametrize(
-    ("argv", "hit"),
-    [
-        (["helm", "upgrade", "mini", "./c", "-n", "apps", "--install"], True),
-        (["/usr/bin/helm3", "rollback", "mini", "2", "--namespace=apps"], True),
-        (["helm", "uninstall", "mini", "-napps"], True),
-        (["helm", "upgrade", "mini", "./c", "--namespace", "other"], False),
-        (["helm", "status", "mini", "-n", "apps"], False),
-        (["helm", "upgrade", "other", "./mini", "-n", "apps"], False),
-        (["kubectl", "rollout", "upgrade", "mini", "-n", "apps"], False),
-        (["helm", "upgrade", "mini", "./c"], True),
-    ],
-    ids=[
-        "upgrade",
-        "rollback",
-        "short-ns",
-        "other-ns",
-        "read-only",
-        "other-release",
-        "not-helm",
-        "no-ns-given",
-    ],
-)
-def test_helm_command_lines_that_hold_a_release(argv: list[str], hit: bool) -> None:
-    assert releases._helm_targets(argv, "mini", "apps") is hit
-
-
-@pytest.mark.unit
-def test_live_helm_on_this_host_is_found_by_its_command_line() -> None:
-    # /bin/sh under the name "helm", with helm's arguments after its own.
-    argv = ["helm", "-c", "sleep 30", "upgrade", "mini", "./chart", "-n", "apps"]
-    with subprocess.Popen(argv, executable="/bin/sh") as child:
-        try:
-            deadline = time.monotonic() + 10
-            while child.pid not in releases.live_helm_pids("mini", "apps"):  # until exec'd
-                assert time.monotonic() < deadline, "the stand-in helm never showed up"
-                time.sleep(0.05)
-            assert child.pid not in releases.live_helm_pids("mini", "other")
-        finally:
-            child.kill()
-    assert child.pid not in releases.live_helm_pids("mini", "apps")
-
-
 # -- the helm adapter, with real helm 3 and 4 --------------------------------------------------
 
 REPO = Path(__file__).resolve().parent.parent
@@ -488,19 +378,6 @@ REPO = Path(__file__).resolve().parent.parent
 
 def _connect(executable: str) -> Helm:
     return asyncio.run(helm_connect(kubeconfig=None, context=None, executable=executable))
-
-
-@pytest.mark.helm
-def test_connect_reads_the_version_without_a_shell(helm_bin: str) -> None:
-    helm = _connect(helm_bin)
-    assert helm.major == (3 if helm_bin.endswith("helm3") else 4)
-    assert helm.client.version == helm.version
-
-
-@pytest.mark.helm
-def test_connect_names_a_missing_helm(tmp_path: Path) -> None:
-    with pytest.raises(ToolMissingError, match="not found"):
-        _connect(str(tmp_path / "helm"))
 
 
 @pytest.mark.helm
@@ -788,7 +665,7 @@ def test_stopping_during_wait_leaves_failed_never_pending(world: World, stop: st
     if stop == "deadline":
         assert time.monotonic() - started < STOP_GRACE + releases.MIN_HELM_SECONDS + 3 + 1
     assert world.revisions() == [(1, "failed")]
-    assert releases.live_helm_pids(world.name, world.ns) == ()
+    assert helm_live_pids(world.name, world.ns) == ()
     retried = world.ensure(world.desired(HANG))
     assert _verbs_of(retried) == ["upgrade-release"]
     assert world.latest() == "deployed"

@@ -9,19 +9,22 @@ logic still works; the meanings pyhelm3 does not classify are named by `release_
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyhelm3
 import semver
+import yaml
 from pyhelm3 import errors as helm_errors
 
 from laconic_helm import proc, tools
 from laconic_helm.errors import CommandError, ReleaseError, ToolMissingError
 
 if TYPE_CHECKING:
-    from pathlib import Path
+    from collections.abc import Mapping, Sequence
 
 # Release records live in Secrets, whatever HELM_DRIVER the operator's shell exports: that is
 # where `kube.py` reads and repairs them.
@@ -164,3 +167,107 @@ async def connect(
         version=version, grace=grace, executable=exe, kubeconfig=kubeconfig, kubecontext=context
     )
     return Helm(pyhelm3.Client(command=command, executable=exe), version, exe)
+
+
+# -- helm processes at work on this host ------------------------------------------------------
+
+_MUTATING = frozenset({"install", "upgrade", "rollback", "uninstall", "delete", "del"})
+_VALUED = frozenset({"--namespace", "--kubeconfig", "--kube-context", "--kube-apiserver"})
+
+
+def _flags(words: Sequence[str]) -> dict[str, str]:
+    """The values of helm's namespace and cluster options on a command line, in any spelling."""
+    out: dict[str, str] = {}
+    for i, word in enumerate(words):
+        if word.startswith("--") and "=" in word:
+            key, _, value = word.partition("=")
+            out[key] = value
+        elif (word in _VALUED or word == "-n") and i + 1 < len(words):
+            out["--namespace" if word == "-n" else word] = words[i + 1]
+        elif word.startswith("-n") and not word.startswith("--") and len(word) > 2:
+            out["--namespace"] = word[2:]
+    return out
+
+
+def targets(argv: Sequence[str], release: str, namespace: str) -> bool:
+    """True when a command line is a helm command changing `release` in `namespace` (a
+    command that names no namespace counts: it may well mean this one)."""
+    if not argv or "helm" not in Path(argv[0]).name:
+        return False
+    words = list(argv[1:])
+    if not _MUTATING & set(words) or release not in words:
+        return False
+    return _flags(words).get("--namespace", namespace) == namespace
+
+
+def server_of(argv: Sequence[str], env: Mapping[str, str], cwd: Path) -> str | None:
+    """The API server a helm command line talks to, as its flags, environment and kubeconfig
+    say; None when that cannot be told."""
+    flags = _flags(list(argv[1:]))
+    server = flags.get("--kube-apiserver") or env.get("HELM_KUBEAPISERVER")
+    if server:
+        return server.rstrip("/")
+    if "--kubeconfig" in flags:
+        paths = [flags["--kubeconfig"]]
+    elif env.get("KUBECONFIG"):
+        paths = [p for p in env["KUBECONFIG"].split(os.pathsep) if p]
+    else:
+        paths = [str(Path(env.get("HOME", "/")) / ".kube" / "config")]
+    contexts: dict[str, Any] = {}
+    clusters: dict[str, Any] = {}
+    current = None
+    for path in paths:
+        try:
+            doc = yaml.safe_load((cwd / Path(path).expanduser()).read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        if not isinstance(doc, dict):
+            continue
+        current = current or doc.get("current-context")
+        for entry in doc.get("contexts") or []:
+            contexts.setdefault(entry.get("name"), entry.get("context") or {})
+        for entry in doc.get("clusters") or []:
+            clusters.setdefault(entry.get("name"), entry.get("cluster") or {})
+    context = flags.get("--kube-context") or env.get("HELM_KUBECONTEXT") or current
+    found = (clusters.get((contexts.get(context) or {}).get("cluster")) or {}).get("server")
+    return found.rstrip("/") if isinstance(found, str) else None
+
+
+def _environ(proc_dir: Path) -> dict[str, str]:
+    try:
+        raw = (proc_dir / "environ").read_bytes()
+    except OSError:
+        return {}
+    pairs = (item.decode(errors="replace").partition("=") for item in raw.split(b"\0") if item)
+    return {key: value for key, _, value in pairs}
+
+
+def live_helm_pids(release: str, namespace: str, *, server: str | None = None) -> tuple[int, ...]:
+    """Returns the pids of helm processes on this host changing `release` in `namespace`.
+
+    With `server`, a helm that evidently talks to another API server (another cluster with a
+    release of the same name) does not count; one whose server cannot be told does.
+    """
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            argv = [
+                a.decode(errors="replace") for a in (entry / "cmdline").read_bytes().split(b"\0")
+            ]
+        except OSError:
+            continue
+        argv = [a for a in argv if a]
+        if not targets(argv, release, namespace):
+            continue
+        if server is not None:
+            try:
+                cwd = (entry / "cwd").resolve(strict=True)
+            except OSError:
+                cwd = Path("/")
+            theirs = server_of(argv, _environ(entry), cwd)
+            if theirs is not None and theirs != server.rstrip("/"):
+                continue
+        found.append(int(entry.name))
+    return tuple(sorted(found))

@@ -40,7 +40,7 @@ from pyhelm3 import errors as helm_errors
 
 from laconic_helm import kube
 from laconic_helm.errors import ClusterError, DeadlineExceeded, ReleaseError, SpecError
-from laconic_helm.helm import STOP_GRACE, release_error
+from laconic_helm.helm import STOP_GRACE, live_helm_pids, release_error
 from laconic_helm.plan import Action
 
 if TYPE_CHECKING:
@@ -61,7 +61,6 @@ BUSY_WAIT = 15.0  # seconds to let a live helm on this host finish before giving
 MIN_HELM_SECONDS = 5.0  # do not start a helm operation with less budget than this
 
 _DIGEST_SCHEME = b"laconic-helm digest v1"
-_HELM_SUBCOMMANDS = frozenset({"install", "upgrade", "rollback", "uninstall", "delete", "del"})
 
 
 # -- values and digest ------------------------------------------------------------------------
@@ -331,42 +330,6 @@ class ReleaseState:
         }
 
 
-def _helm_targets(argv: list[str], release: str, namespace: str) -> bool:
-    """True when a command line is a mutating helm command on `release` in `namespace`."""
-    if not argv or "helm" not in Path(argv[0]).name:
-        return False
-    words = argv[1:]
-    if not _HELM_SUBCOMMANDS & set(words) or release not in words:
-        return False
-    for i, word in enumerate(words):
-        given = None
-        if word in ("-n", "--namespace") and i + 1 < len(words):
-            given = words[i + 1]
-        elif word.startswith("--namespace="):
-            given = word.partition("=")[2]
-        elif word.startswith("-n") and len(word) > 2:
-            given = word[2:]
-        if given is not None and given != namespace:
-            return False
-    return True
-
-
-def live_helm_pids(release: str, namespace: str) -> tuple[int, ...]:
-    """Returns the pids of helm processes on this host that are changing `release`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        words = [a.decode(errors="replace") for a in argv if a]
-        if _helm_targets(words, release, namespace):
-            found.append(int(entry.name))
-    return tuple(sorted(found))
-
-
 async def _read_revisions(k: kube.Kube, name: str, namespace: str) -> tuple[Revision, ...]:
     secrets = await k.list_release_secrets(namespace, name)
     return tuple(sorted((revision_from_secret(s) for s in secrets), key=lambda r: r.number))
@@ -438,10 +401,10 @@ async def observe_release(
     latest = revisions[-1] if revisions else None
     if latest and (latest.status in PENDING or latest.status == "uninstalling"):
         stop_at = time.monotonic() + busy_wait
-        busy = live_helm_pids(name, ns)
+        busy = live_helm_pids(name, ns, server=k.server)
         while busy and time.monotonic() < stop_at:
             await asyncio.sleep(0.5)
-            busy = live_helm_pids(name, ns)
+            busy = live_helm_pids(name, ns, server=k.server)
         revisions = await _read_revisions(k, name, ns)
     namespace_exists = await k.get_namespace(ns) is not None
     secrets: dict[str, str] = {}
@@ -551,6 +514,21 @@ def plan_release(desired: DesiredRelease, state: ReleaseState) -> list[Action]:
     return [*recovery, *prepare, upgrade]
 
 
+def plan_objects(desired: DesiredRelease, state: ReleaseState) -> list[Action]:
+    """What the due upgrade does to each rendered object, for `plan` to list: `create-object`
+    for the absent ones, `update-object` for those the release owns already (taking over the
+    others is `adopt-object`, from `plan_release`). Pure; empty when no upgrade is due."""
+    existing = {o.ref.key: o for o in state.existing}
+    actions = []
+    for ref in state.rendered:
+        found = existing.get(ref.key)
+        if found is None:
+            actions.append(Action(desired.step, "create-object", str(ref), "absent"))
+        elif found.owner.is_release(desired.name, desired.namespace):
+            actions.append(Action(desired.step, "update-object", str(ref), "the release's own"))
+    return actions
+
+
 # -- acting -----------------------------------------------------------------------------------
 
 
@@ -592,7 +570,7 @@ async def _unlock(k: kube.Kube, desired: DesiredRelease, state: ReleaseState) ->
     latest = state.latest
     assert latest is not None
     # Re-check right before the write: a live helm may have appeared since observing.
-    if live_helm_pids(desired.name, desired.namespace):
+    if live_helm_pids(desired.name, desired.namespace, server=k.server):
         raise ReleaseError(desired.name, "a helm process started working on it; re-run later")
     done = await k.set_release_status(
         desired.namespace,
@@ -751,7 +729,7 @@ async def ensure_release_absent(
     """
     if not await _read_revisions(k, name, namespace):
         return False
-    busy = live_helm_pids(name, namespace)
+    busy = live_helm_pids(name, namespace, server=k.server)
     if busy:
         pids = ", ".join(str(p) for p in busy)
         raise ReleaseError(name, f"helm (pid {pids}) is working on it; wait for it, then re-run")
