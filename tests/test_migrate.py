@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,10 +18,10 @@ from click.testing import CliRunner
 from laconic_helm import cluster, migrate
 from laconic_helm.cli import main
 from laconic_helm.errors import EXIT_BAD_INPUT, UserError
-from laconic_helm.spec import Spec, data_dir, load_spec
+from laconic_helm.spec import Retire, Spec, data_dir, load_spec
 from tests.charts_support import CHARTS, KUBE_VERSION, schema_errors
+from tests.harness.laconic_so import stage
 
-FIXTURE = Path(__file__).parent / "fixtures" / "laconic-so" / "agave"
 CLUSTER = "laconic-70ce4c4b47e23b85"
 NAMESPACE = f"laconic-{CLUSTER}"  # laconic-so's app namespace before deployment ids existed
 APP = CLUSTER
@@ -35,20 +34,6 @@ LACONIC_CADDY = {  # every object laconic-so's Caddy install creates, by kind an
     ("Deployment", "caddy-ingress-controller"),
     ("IngressClass", "caddy"),
 }
-
-
-def stage(tmp_path: Path) -> Path:
-    """The fixture as a live deployment: under tmp_path/srv, with the node's identity keypair."""
-    root = tmp_path / "srv"
-    target = root / "deployments" / "agave"
-    shutil.copytree(FIXTURE, target)
-    for path in target.rglob("*"):
-        if path.is_file():
-            path.write_text(path.read_text().replace("/srv/", f"{root}/"))
-    keys = target / "data" / "validator-config"
-    keys.mkdir(parents=True)
-    (keys / "validator-identity.json").write_text(json.dumps(list(os.urandom(64))))
-    return target
 
 
 def set_env(deployment: Path, **values: str) -> None:
@@ -440,6 +425,47 @@ def test_takeover_names_the_laconic_so_objects_to_adopt_remove_and_keep(tmp_path
     assert {o["name"] for o in t["leaveRunning"]} == {
         f"{APP}-doublezero-deployment",
         f"{APP}-monitoring-deployment",
+    }
+
+
+@pytest.mark.unit
+def test_the_spec_retires_the_takeovers_removals_and_never_data(tmp_path: Path) -> None:
+    out, report = imported(tmp_path)
+    t = report["takeover"]
+    caddy, agave = load_spec(out / migrate.SPEC_FILE).releases
+    assert agave.retire is not None and caddy.retire is not None
+    assert agave.retire.selector == t["appSelector"] == f"app={APP}"
+    assert agave.retire.grace_period_seconds == migrate.OLD_NODE_GRACE
+
+    def listed(retire: Retire) -> list[tuple[str, str, str | None]]:
+        return [(o.kind, o.name, o.namespace) for o in retire.objects]
+
+    def named(objects: list[dict[str, str]]) -> list[tuple[str, str, str | None]]:
+        return [(o["kind"], o["name"], o.get("namespace")) for o in objects]
+
+    assert listed(agave.retire) == named(t["removeAfterAgaveDeployment"])
+    assert listed(caddy.retire) == named(t["removeAfterCaddyRelease"])
+    assert caddy.retire.labels == {
+        "app.kubernetes.io/name": "caddy-cert-backup",
+        "app.kubernetes.io/instance": "caddy-ingress",
+    }
+    kept = {(o["kind"], o["name"]) for o in t["keep"]}
+    assert not kept & {(o.kind, o.name) for o in (*agave.retire.objects, *caddy.retire.objects)}
+
+
+@pytest.mark.unit
+def test_laconic_sos_ingress_stays_when_the_node_has_no_routes(tmp_path: Path) -> None:
+    deployment = stage(tmp_path)
+    edit_yaml(
+        deployment / "spec.yml",
+        lambda d: d["network"].update({"http-proxy": d["network"]["http-proxy"][1:]}),
+    )
+    out, _ = imported(tmp_path, deployment)
+    agave = load_spec(out / migrate.SPEC_FILE).releases[1]
+    assert agave.retire is not None
+    assert "Ingress" not in {o.kind for o in agave.retire.objects}
+    assert ("Deployment", f"{APP}-agave-deployment") in {
+        (o.kind, o.name) for o in agave.retire.objects
     }
 
 

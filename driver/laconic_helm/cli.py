@@ -164,6 +164,11 @@ def _load(spec_file: Path | None) -> Any:
 )
 @_lock_option
 @_cluster_options
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="List what would be adopted, created, changed or removed (as `plan`); write nothing.",
+)
 @click.pass_obj
 def deploy(
     app: App,
@@ -172,14 +177,16 @@ def deploy(
     lock_wait: float,
     recreate_cluster: bool,
     adopt_cluster: bool,
+    dry_run: bool,
 ) -> None:
     """Brings cluster, images and releases to the spec, redoing nothing already done."""
     from laconic_helm import deploy as sequence
 
     opts = sequence.Options(deadline, lock_wait, recreate_cluster, adopt_cluster)
+    run = sequence.plan if dry_run else sequence.deploy
 
     async def work() -> dict[str, Any]:
-        return await sequence.deploy(_load(spec_file), app.reporter, opts)
+        return await run(_load(spec_file), app.reporter, opts)
 
     _run(app, work)
 

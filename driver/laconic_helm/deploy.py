@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from laconic_helm import cluster, images, lock, preflight, releases, verify
+from laconic_helm import cluster, images, lock, preflight, releases, takeover, verify
 from laconic_helm.errors import DeadlineExceeded, UserError
 from laconic_helm.helm import STOP_GRACE
 from laconic_helm.helm import connect as connect_helm
@@ -24,7 +25,8 @@ if TYPE_CHECKING:
     from laconic_helm.cluster import ClusterAccess, ClusterState
     from laconic_helm.helm import Helm
     from laconic_helm.output import Reporter
-    from laconic_helm.spec import Spec
+    from laconic_helm.plan import Action
+    from laconic_helm.spec import Release, Spec
 
 MIN_DEADLINE = 2 * STOP_GRACE  # below this no helm step could be stopped cleanly in time
 
@@ -96,6 +98,29 @@ async def _connect(access: ClusterAccess) -> tuple[Kube, Helm]:
     return k, h
 
 
+async def _ensure_release(
+    k: Kube,
+    h: Helm,
+    release: Release,
+    desired: releases.DesiredRelease,
+    deadline: float | None,
+) -> tuple[releases.ReleaseOutcome, list[Action]]:
+    """The release, then the removal of what it replaces (its `retire` section).
+
+    While an old workload is still there the upgrade does not wait for readiness: the new pods
+    may need what the old ones hold (host ports, the ledger), and those go only once the
+    release is deployed. The wait the release asks for comes after the removal instead.
+    """
+    leftovers = await takeover.observe_retire(k, release)
+    held = desired.wait and takeover.replaces_workload(leftovers)
+    run = dataclasses.replace(desired, wait=False) if held else desired
+    outcome = await releases.ensure_release(k, h, run, deadline=deadline)
+    retired = await takeover.ensure_retired(k, release)
+    if held:
+        await takeover.wait_ready(k, desired.name, desired.namespace, timeout=desired.timeout)
+    return outcome, retired
+
+
 async def deploy(spec: Spec, reporter: Reporter, opts: Options) -> dict[str, Any]:
     """Brings cluster, images and releases to the spec; returns the report's extra fields."""
     if opts.deadline is not None and opts.deadline < MIN_DEADLINE:
@@ -129,13 +154,13 @@ async def deploy(spec: Spec, reporter: Reporter, opts: Options) -> dict[str, Any
             await images.ensure_images(spec.cluster.name, spec.images, reporter)
 
         k, h = await _connect(result.access)
-        for desired in prepared.desired:
+        for release, desired in zip(spec.releases, prepared.desired, strict=True):
             current.append(f"release {desired.name}")
             with reporter.step(f"release {desired.name}") as rec:
-                outcome = await releases.ensure_release(k, h, desired, deadline=deadline)
-                lines = [a.line() for a in outcome.actions]
+                outcome, retired = await _ensure_release(k, h, release, desired, deadline)
+                lines = [a.line() for a in (*outcome.actions, *retired)]
                 rec.done(
-                    "changed" if outcome.changed else "ok",
+                    "changed" if outcome.changed or retired else "ok",
                     "; ".join(lines),
                     actions=lines,
                     revision=outcome.revision,
@@ -160,7 +185,9 @@ async def plan(spec: Spec, reporter: Reporter, opts: Options) -> dict[str, Any]:
         spec.cluster, state, recreate=opts.recreate_cluster, adopt=opts.adopt_cluster
     )
     lines = [a.line() for a in planned]
-    reachable = not planned and (state.exists or not _uses_kind(spec))
+    # Adopting a cluster only records it as ours: what is in it can be planned as it is.
+    unchanged = all(a.verb == "adopt-cluster" for a in planned)
+    reachable = unchanged and (state.exists or not _uses_kind(spec))
     if spec.images and _uses_kind(spec):
         if reachable:
             nodes = await images.check_nodes(await images.check_cluster(spec.cluster.name))
@@ -175,11 +202,14 @@ async def plan(spec: Spec, reporter: Reporter, opts: Options) -> dict[str, Any]:
     if reachable:
         access = await cluster.ensure_kubeconfig(spec.cluster, state)
         k, h = await _connect(access)
-        for desired in prepared.desired:
+        for release, desired in zip(spec.releases, prepared.desired, strict=True):
             observed = await releases.observe_release(k, h, desired)
-            lines += [
-                a.line() for a in releases.plan_release(desired, observed) if a.verb != "up-to-date"
+            actions = [
+                *releases.plan_release(desired, observed),
+                *releases.plan_objects(desired, observed),
+                *takeover.plan_retire(release, await takeover.observe_retire(k, release)),
             ]
+            lines += [a.line() for a in actions if a.verb != "up-to-date"]
     else:
         lines += [f"release/{d.name}: install {d.target}" for d in prepared.desired]
     for line in lines or ["nothing to do: the deployment matches the spec"]:

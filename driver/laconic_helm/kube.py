@@ -317,6 +317,51 @@ class Kube:
         if status == 409:
             raise ClusterError(f"{ref} changed while being adopted; re-run to decide again")
 
+    async def list_objects(
+        self, api_version: str, kind: str, namespace: str, *, selector: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Returns the objects of a namespaced `kind` in `namespace` (those matching the label
+        `selector` when given); none when the API does not serve the kind."""
+        res = await self.resource(api_version, kind)
+        if res is None:
+            return []
+        base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+        found = await self._get(
+            f"{base}/namespaces/{namespace}/{res.plural}",
+            {"labelSelector": selector} if selector else None,
+        )
+        return list((found or {}).get("items", []))
+
+    async def delete_object(
+        self,
+        ref: ObjectRef,
+        *,
+        uid: str,
+        propagation: str = "Background",
+        grace_seconds: int | None = None,
+    ) -> bool:
+        """Deletes the object if it is still the one with `uid`; returns False when it is gone.
+
+        `propagation` is what happens to its dependents (Orphan keeps them); `grace_seconds`
+        overrides a pod's own termination grace period. An object replaced since it was
+        checked (another uid) is left alone and raises.
+        """
+        path = await self._path(ref)
+        if path is None:
+            return False
+        options: dict[str, Any] = {
+            "apiVersion": "v1",
+            "kind": "DeleteOptions",
+            "propagationPolicy": propagation,
+            "preconditions": {"uid": uid},
+        }
+        if grace_seconds is not None:
+            options["gracePeriodSeconds"] = grace_seconds
+        status, _ = await self._request("DELETE", path, body=options, allow=(404, 409))
+        if status == 409:
+            raise ClusterError(f"{ref} was replaced while being removed; re-run to decide again")
+        return status != 404
+
     # -- namespaces -----------------------------------------------------------------------
 
     async def get_namespace(self, name: str) -> dict[str, Any] | None:

@@ -44,6 +44,13 @@ IDENTITY_SECRET = "agave-identity"
 VOTE_SECRET = "agave-vote"
 MEMLOCK_RUNTIME = "high-memlock"
 CADDY_CERT_BACKUP_DIR = "/mnt/caddy-cert-backup"  # laconic-so's, under the /mnt umbrella mount
+# Labels of laconic-so's certificate backup objects (its caddy-cert-backup.yaml).
+CERT_BACKUP_SELECTOR = (
+    "app.kubernetes.io/name=caddy-cert-backup,app.kubernetes.io/instance=caddy-ingress"
+)
+# Seconds laconic-so's agave pod gets to stop when it is retired: the chart's own stop period
+# (its entrypoint runs `agave-validator exit` on SIGTERM). It ends as soon as agave has exited.
+OLD_NODE_GRACE = 600
 LACONIC_CADDY_REPOSITORY = "ghcr.io/laconicnetwork/caddy-ingress"
 
 # Where the agave image keeps its data, and the agave chart volume each folder becomes.
@@ -906,7 +913,8 @@ def _ingress(
             if target != service.name or port not in (str(rpc_port), str(rpc_port + 1)):
                 found.add(
                     "unmapped", f"{at}.routes[{j}]", f"{host}{path} -> {target}:{port} is not the "
-                    "agave node's RPC or WebSocket; no Ingress route for it",
+                    "agave node's RPC or WebSocket; no Ingress route for it (laconic-so's Ingress "
+                    "that held it goes once the agave release serves the node's routes)",
                 )  # fmt: skip
                 continue
             (rpc if port == str(rpc_port) else ws).append((host, path))
@@ -1247,9 +1255,18 @@ def _ports_of(so: SoDeployment, service: Service) -> list[tuple[int, str]]:
 
 
 def takeover_plan(
-    so: SoDeployment, agave: Service, namespace: str, caddy: Mapping[str, Any]
+    so: SoDeployment,
+    agave: Service,
+    namespace: str,
+    caddy: Mapping[str, Any],
+    *,
+    routes: bool,
 ) -> dict[str, Any]:
-    """The laconic-so objects the first deploy adopts, removes (and when) or leaves alone."""
+    """The laconic-so objects the first deploy adopts, removes (and when) or leaves alone.
+
+    `routes`: the agave release serves the node's routes, so laconic-so's Ingress (whose host
+    and path the new one takes) goes; without them it stays, routing whatever else it holds.
+    """
 
     def ref(kind: str, name: str, ns: str | None = None) -> dict[str, str]:
         return {"kind": kind, "name": name} | ({"namespace": ns} if ns else {})
@@ -1264,7 +1281,7 @@ def takeover_plan(
         ref("IngressClass", "caddy"),
     ]
     remove_app = [ref("Deployment", so.deployment_name(agave.pod), namespace)]
-    if so.section("network").get("http-proxy"):
+    if routes:
         remove_app += [
             ref("Service", so.service_name(agave.pod), namespace),
             ref("Ingress", f"{so.app}-ingress", namespace),
@@ -1347,9 +1364,32 @@ def next_commands(out: Path) -> list[str]:
     ]
 
 
+def _retire(selector: str, objects: list[dict[str, str]], **extra: Any) -> dict[str, Any]:
+    """A release's `retire` section: laconic-so's objects, removed once the release is up."""
+    from laconic_helm.spec import RETIRABLE
+
+    return {
+        "selector": selector,
+        **extra,
+        "objects": [{"apiVersion": RETIRABLE[o["kind"]], **o} for o in objects],
+    }
+
+
 def _spec_doc(
-    cluster: dict[str, Any], namespace: str, agave: _Agave, caddy_files: list[str]
+    cluster: dict[str, Any],
+    namespace: str,
+    agave: _Agave,
+    caddy_files: list[str],
+    takeover: Mapping[str, Any],
 ) -> dict[str, Any]:
+    caddy: dict[str, Any] = {
+        "name": CADDY_RELEASE,
+        "chart": "builtin:caddy-ingress",
+        "namespace": CADDY_NAMESPACE,
+        "valuesFiles": [*caddy_files, CADDY_VALUES],
+    }
+    if takeover["removeAfterCaddyRelease"]:
+        caddy["retire"] = _retire(CERT_BACKUP_SELECTOR, takeover["removeAfterCaddyRelease"])
     release: dict[str, Any] = {
         "name": AGAVE_RELEASE,
         "chart": "builtin:agave",
@@ -1363,18 +1403,15 @@ def _spec_doc(
     # A real node catches up for minutes to hours after a start (`status` shows when it is
     # ready), and during the takeover it waits for laconic-so's pod to free the host ports.
     release["wait"] = agave.mode == "test"
+    release["retire"] = _retire(
+        takeover["appSelector"],
+        takeover["removeAfterAgaveDeployment"],
+        gracePeriodSeconds=OLD_NODE_GRACE,
+    )
     return {
         "cluster": cluster,
         "images": [agave.image] if agave.image else [],
-        "releases": [
-            {
-                "name": CADDY_RELEASE,
-                "chart": "builtin:caddy-ingress",
-                "namespace": CADDY_NAMESPACE,
-                "valuesFiles": [*caddy_files, CADDY_VALUES],
-            },
-            release,
-        ],
+        "releases": [caddy, release],
     }
 
 
@@ -1399,13 +1436,13 @@ def build_import(deployment_dir: Path, out: Path, *, namespace: str | None = Non
     mapped = map_agave(so, agave, cluster, found)
     caddy = map_caddy(so, found)
     _report_rest(so, agave, found)
-    takeover = takeover_plan(so, agave, ns, caddy)
+    takeover = takeover_plan(so, agave, ns, caddy, routes=bool(mapped.values.get("ingress")))
     source = f"laconic-so deployment {so.dir}"
     caddy_files = [f"caddy-ingress-{name}" for name in CADDY_OVERLAYS]
     commands = next_commands(out)
     files = {
         SPEC_FILE: _dump(
-            _spec_doc(cluster, ns, mapped, caddy_files),
+            _spec_doc(cluster, ns, mapped, caddy_files, takeover),
             f"laconic-helm deployment imported from {source}.\n"
             "The cluster is laconic-so's kind cluster as it was created; take it over with:\n"
             f"  {commands[0]}\n  {commands[1]}\n"

@@ -7,6 +7,7 @@ spec's own folder. Every error names the file, the key path and what was expecte
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -115,6 +116,105 @@ class Verify(_Model):
     host: str | None = Field(None, description="Host header: the RPC route's host name.")
 
 
+# Kinds a `retire` section may remove, with the API version they are served under. Kinds that
+# hold or guard data (PersistentVolume, PersistentVolumeClaim, Namespace, Secret, ConfigMap) are
+# never on this list: a takeover removes what runs and routes, never what is stored.
+RETIRABLE = {
+    "Deployment": "apps/v1",
+    "Service": "v1",
+    "Ingress": "networking.k8s.io/v1",
+    "CronJob": "batch/v1",
+    "Role": "rbac.authorization.k8s.io/v1",
+    "RoleBinding": "rbac.authorization.k8s.io/v1",
+    "ServiceAccount": "v1",
+}
+_DATA_KINDS = frozenset(
+    {"PersistentVolume", "PersistentVolumeClaim", "Namespace", "Secret", "ConfigMap"}
+)
+_LABEL_KEY = r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+_LABEL_KEY += r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?"
+_LABEL_VALUE = r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?"
+_SELECTOR = rf"{_LABEL_KEY}={_LABEL_VALUE}(,{_LABEL_KEY}={_LABEL_VALUE})*"
+ObjectName = Annotated[
+    str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+]
+
+
+class RetireObject(_Model):
+    """One object of a previous installer that the release replaces."""
+
+    api_version: str | None = Field(
+        None, alias="apiVersion", description="API version; default: the kind's usual one."
+    )
+    kind: str = Field(description=f"One of {', '.join(RETIRABLE)}.")
+    name: ObjectName = Field(max_length=253, description="Object name.")
+    namespace: Name | None = Field(None, description="Namespace; default: the release's.")
+
+    @field_validator("kind")
+    @classmethod
+    def _retirable(cls, v: str) -> str:
+        if v in _DATA_KINDS:
+            raise ValueError(f"{v} holds or guards data and is never retired")
+        if v not in RETIRABLE:
+            raise ValueError(f"{v!r} cannot be retired; expected one of {', '.join(RETIRABLE)}")
+        return v
+
+    @model_validator(mode="after")
+    def _known_version(self) -> RetireObject:
+        want = RETIRABLE[self.kind]
+        if self.api_version not in (None, want):
+            raise ValueError(f"apiVersion of a {self.kind} is {want}, not {self.api_version!r}")
+        return self
+
+    @property
+    def version(self) -> str:
+        return self.api_version or RETIRABLE[self.kind]
+
+
+class Retire(_Model):
+    """Objects of a previous installer (e.g. laconic-so) removed once the release is deployed.
+
+    Only objects that carry every label of `selector` are removed, so another object that
+    happens to have the same name stays. An absent object counts as removed.
+    """
+
+    selector: str = Field(
+        description="Labels (key=value, comma-separated) an object must carry to be removed."
+    )
+    grace_period_seconds: int | None = Field(
+        None,
+        ge=0,
+        le=86400,
+        alias="gracePeriodSeconds",
+        description="Seconds the pods of a retired Deployment get to stop; default: their own.",
+    )
+    objects: tuple[RetireObject, ...] = Field(description="The objects.")
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return dict(term.split("=", 1) for term in self.selector.split(","))
+
+    @field_validator("selector")
+    @classmethod
+    def _equality_terms(cls, v: str) -> str:
+        if not re.fullmatch(_SELECTOR, v):
+            raise ValueError(f"expected labels as key=value[,key=value...] (got {v!r})")
+        return v
+
+    @field_validator("objects")
+    @classmethod
+    def _unique(cls, v: tuple[RetireObject, ...]) -> tuple[RetireObject, ...]:
+        if not v:
+            raise ValueError("needs at least one object")
+        seen: dict[tuple[str, str, str | None], int] = {}
+        for i, o in enumerate(v):
+            key = (o.kind, o.name, o.namespace)
+            if key in seen:
+                raise ValueError(f"[{i}] {o.kind} {o.name} duplicates [{seen[key]}]")
+            seen[key] = i
+        return v
+
+
 class Release(_Model):
     """One Helm release, applied with `helm upgrade --install`."""
 
@@ -132,6 +232,9 @@ class Release(_Model):
     verify: Verify | None = Field(None, description="JSON-RPC check through the ingress.")
     wait: bool = Field(True, description="Wait for workloads to be ready.")
     timeout: int = Field(300, ge=1, description="Seconds helm may wait.")
+    retire: Retire | None = Field(
+        None, description="A previous installer's objects to remove once this release is deployed."
+    )
 
 
 class Spec(_Model):
