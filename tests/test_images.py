@@ -215,10 +215,8 @@ def _image(
     return images.LocalImage("a:1", name, id or _digest(b"config"), tuple(diffs), 0)
 
 
-def _state(
-    records: dict[str, str], blobs: dict[str, dict[str, str]], snapshotter: str = "overlayfs"
-) -> images.NodeState:
-    return images.NodeState("n1", snapshotter, records, blobs)
+def _state(records: dict[str, str], blobs: dict[str, dict[str, str]]) -> images.NodeState:
+    return images.NodeState("n1", records, blobs)
 
 
 D1, D2 = _digest(b"d1"), _digest(b"d2")
@@ -234,37 +232,37 @@ UNPACKED = {MANIFEST: MANIFEST_LABELS, CONFIG: {SNAP: CHAIN}, D1: {}, D2: {}}
 NAME = "docker.io/library/a:1"
 
 
+NATIVE = "containerd.io/gc.ref.snapshot.native"
+
+
 @pytest.mark.unit
 @pytest.mark.parametrize(
-    ("records", "blobs", "snapshotter", "holds", "source"),
+    ("records", "blobs", "holds", "source"),
     [
-        pytest.param({NAME: MANIFEST}, UNPACKED, "overlayfs", True, None, id="present"),
+        pytest.param({NAME: MANIFEST}, UNPACKED, True, None, id="present"),
+        pytest.param({NAME: MANIFEST}, {**UNPACKED, CONFIG: {}}, False, None, id="not-unpacked"),
         pytest.param(
-            {NAME: MANIFEST}, {**UNPACKED, CONFIG: {}}, "overlayfs", False, None, id="not-unpacked"
+            {NAME: MANIFEST}, {**UNPACKED, CONFIG: {SNAP: D1}}, False, None, id="unpacked-partly"
         ),
         pytest.param(
-            {NAME: MANIFEST}, {**UNPACKED, CONFIG: {SNAP: D1}}, "overlayfs", False, None,
-            id="unpacked-partly",
+            {NAME: MANIFEST}, {**UNPACKED, CONFIG: {NATIVE: CHAIN}}, True, None,
+            id="unpacked-by-another-snapshotter",
         ),
-        pytest.param({NAME: MANIFEST}, UNPACKED, "native", False, None, id="other-snapshotter"),
         pytest.param(
             {"docker.io/library/a:old": MANIFEST, "sha256:" + "c" * 64: MANIFEST}, UNPACKED,
-            "overlayfs", False, "docker.io/library/a:old", id="retag-prefers-a-name",
+            False, "docker.io/library/a:old", id="retag-prefers-a-name",
         ),
         pytest.param(
-            {NAME: MANIFEST}, {k: v for k, v in UNPACKED.items() if k != CONFIG}, "overlayfs",
-            False, None, id="config-gone",
+            {NAME: MANIFEST}, {k: v for k, v in UNPACKED.items() if k != CONFIG}, False, None,
+            id="config-gone",
         ),
+        pytest.param({NAME: _digest(b"other")}, UNPACKED, False, None, id="name-on-another-image"),
     ],
 )  # fmt: skip
 def test_node_state_decides_presence(
-    records: dict[str, str],
-    blobs: dict[str, dict[str, str]],
-    snapshotter: str,
-    holds: bool,
-    source: str | None,
+    records: dict[str, str], blobs: dict[str, dict[str, str]], holds: bool, source: str | None
 ) -> None:
-    state = _state(records, blobs, snapshotter)
+    state = _state(records, blobs)
     image = _image([D1, D2])
     assert state.holds(image) is holds
     assert state.retag_source(image) == source

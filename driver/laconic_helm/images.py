@@ -41,7 +41,7 @@ from laconic_helm.errors import CommandError, ImageLoadError, UserError
 from laconic_helm.output import human_bytes
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+    from collections.abc import Awaitable, Callable, Mapping, Sequence
 
     from laconic_helm.output import Progress, Reporter
 
@@ -52,7 +52,7 @@ NAMESPACE = "k8s.io"  # where kubelet's CRI looks for images
 DEFAULT_SNAPSHOTTER = "overlayfs"
 GC_ROOT = "containerd.io/gc.root"
 HOLD_MARK = "laconic-helm-load"  # the gc.root value this loader sets and clears
-HOLD_MIN_BYTES = 1 << 20  # smaller blobs cost less to resend than to mark
+HOLD_MIN_BYTES = 32 << 20  # smaller blobs cost less to resend than to mark and unmark
 SNAPSHOT_LABEL = "containerd.io/gc.ref.snapshot."
 _HOLD_LAG = 0.3  # seconds between a blob's last byte and a try to mark it (each try is an exec)
 _CONTENT_REF = "containerd.io/gc.ref.content."
@@ -115,7 +115,6 @@ class NodeState:
     """What one node's containerd holds in kind's namespace (read once per check)."""
 
     node: str
-    snapshotter: str
     images: dict[str, str]  # image name -> target digest
     blobs: dict[str, dict[str, str]]  # blob digest -> its containerd.io/gc.* labels
 
@@ -137,8 +136,13 @@ class NodeState:
             return False
         if not image.diff_ids:
             return bool(configs)
-        key = SNAPSHOT_LABEL + self.snapshotter
-        return any(self.blobs.get(c, {}).get(key) == image.chain_id for c in configs)
+        # The unpacker labels the config last, once the image's top snapshot is committed. In a
+        # snapshotter other than the CRI's, kubelet's containerd unpacks again from the content.
+        return any(
+            key.startswith(SNAPSHOT_LABEL) and value == image.chain_id
+            for config in configs
+            for key, value in self.blobs.get(config, {}).items()
+        )
 
     def holds(self, image: LocalImage) -> bool:
         target = self.images.get(image.name)
@@ -294,17 +298,11 @@ def _snapshotter(config_dump: str) -> str:
     return str(v3 or v2 or DEFAULT_SNAPSHOTTER)
 
 
-async def get_node_state(node: str, snapshotter: str = "") -> NodeState:
-    """Reads the node's images and content; raises UserError when its containerd does not answer.
-
-    The CRI snapshotter comes from `containerd config dump` unless given (a re-read).
-    """
-    reads = [_ctr(node, "images", "ls", check=False), _ctr(node, "content", "ls", check=False)]
-    if not snapshotter:
-        reads.append(
-            proc.run(["docker", "exec", node, "containerd", "config", "dump"], check=False)
-        )
-    images, content, *config = await asyncio.gather(*reads)
+async def get_node_state(node: str) -> NodeState:
+    """Reads the node's images and content; raises UserError when its containerd does not answer."""
+    images, content = await asyncio.gather(
+        _ctr(node, "images", "ls", check=False), _ctr(node, "content", "ls", check=False)
+    )
     for done in (images, content):
         if done.returncode != 0:
             reason = _tail(done.stderr or done.stdout)
@@ -315,15 +313,38 @@ async def get_node_state(node: str, snapshotter: str = "") -> NodeState:
         for line in content.text.splitlines()
         if (m := _CONTENT_ROW.match(line))
     }
-    if config:
-        dumped = config[0].text if config[0].returncode == 0 else ""
-        snapshotter = _snapshotter(dumped)
-    return NodeState(node, snapshotter, names, blobs)
+    return NodeState(node, names, blobs)
 
 
-async def check_nodes(nodes: Sequence[str]) -> dict[str, NodeState]:
-    """Reads every node's state at once; raises UserError naming a node that does not answer."""
-    return dict(zip(nodes, await asyncio.gather(*map(get_node_state, nodes)), strict=True))
+async def get_snapshotter(node: str) -> str:
+    """The snapshotter kubelet's containerd unpacks images with (kind reads it the same way)."""
+    done = await proc.run(["docker", "exec", node, "containerd", "config", "dump"], check=False)
+    return _snapshotter(done.text) if done.returncode == 0 else DEFAULT_SNAPSHOTTER
+
+
+async def check_inputs(
+    cluster: str, refs: Sequence[str]
+) -> tuple[list[LocalImage], dict[str, NodeState]]:
+    """Checks the cluster, its nodes' containerd and the local images, all at once.
+
+    Raises the first UserError in a fixed order: the cluster, then the images, then the nodes.
+    """
+
+    async def observe() -> tuple[list[str], list[NodeState | BaseException]]:
+        nodes = await check_cluster(cluster)
+        return nodes, await asyncio.gather(*map(get_node_state, nodes), return_exceptions=True)
+
+    observed, images = await asyncio.gather(
+        observe(), check_images(list(dict.fromkeys(refs))), return_exceptions=True
+    )
+    for outcome in (observed, images):
+        if isinstance(outcome, BaseException):
+            raise outcome
+    nodes, states = observed  # type: ignore[misc]
+    for state in states:
+        if isinstance(state, BaseException):
+            raise state
+    return images, dict(zip(nodes, states, strict=True))  # type: ignore[arg-type,return-value]
 
 
 def plan_images(images: Sequence[LocalImage], states: Mapping[str, NodeState]) -> list[NodeAction]:
@@ -354,41 +375,60 @@ async def ensure_images(
     there. `archive` starts the process that writes the image archive (default: `docker save`).
     """
     start = time.monotonic()
-    refs = list(dict.fromkeys(refs))
-    nodes = await check_cluster(cluster)
-    images = await check_images(refs)
-    states = await check_nodes(nodes)
+    images, states = await check_inputs(cluster, refs)
     actions = plan_images(images, states)
     with reporter.step(f"images into {cluster}") as record:
-        finished: dict[str, float] = {}
-        for action in actions:
-            if action.action == "retag":
-                await _ctr(
-                    action.node, "images", "tag", "--force", action.source, action.image.name
-                )
-                finished[action.image.ref] = time.monotonic()
-        loads = [a for a in actions if a.action == "load"]
-        sent: dict[str, int] = {}
-        if loads:
-            sent = await _load(loads, states, reporter, archive or docker_save)
-            now = time.monotonic()
-            finished.update({a.image.ref: now for a in loads})
-        touched = sorted({a.node for a in actions if a.action != "present"})
-        reread = [get_node_state(n, states[n].snapshotter) for n in touched]
-        after = {**states, **{s.node: s for s in await asyncio.gather(*reread)}}
-        for action in actions:
-            if not after[action.node].holds(action.image):
-                raise ImageLoadError(
-                    f"image {action.image.ref} is not complete on node {action.node} after its load"
-                )
-        await _release_marks(after.values())
+        sent, finished = await _apply(actions, states, reporter, archive or docker_save)
+        await _verify(actions, states)
         results = _results(images, actions, sent, finished, start)
         counts = {s: sum(r.status == s for r in results) for s in ("loaded", "retagged", "skipped")}
         detail = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
-        record.done("changed" if touched else "ok", detail, images=[r.as_dict() for r in results])
+        changed = any(a.action != "present" for a in actions)
+        record.done("changed" if changed else "ok", detail, images=[r.as_dict() for r in results])
     for result in results:
         reporter.line(result.line())
     return results
+
+
+async def _apply(
+    actions: Sequence[NodeAction],
+    states: Mapping[str, NodeState],
+    reporter: Reporter,
+    archive: ArchiveSource,
+) -> tuple[dict[str, int], dict[str, float]]:
+    """Re-tags, then loads; returns bytes sent and the time each image was done, per ref."""
+    finished: dict[str, float] = {}
+    for action in actions:
+        if action.action == "retag":
+            await _ctr(action.node, "images", "tag", "--force", action.source, action.image.name)
+            finished[action.image.ref] = time.monotonic()
+    loads = [a for a in actions if a.action == "load"]
+    sent = await _load(loads, states, reporter, archive) if loads else {}
+    finished.update({a.image.ref: time.monotonic() for a in loads})
+    return sent, finished
+
+
+async def _verify(actions: Sequence[NodeAction], states: Mapping[str, NodeState]) -> None:
+    """Reads the nodes acted on again: every image must now be complete there.
+
+    Then clears this loader's GC-root marks on every node (the images own those blobs now; a
+    mark left by an interrupted load of other images goes too, and its blobs may be collected).
+    """
+    touched = sorted({a.node for a in actions if a.action != "present"})
+    reread = [get_node_state(n) for n in touched]
+    after = {**states, **{s.node: s for s in await asyncio.gather(*reread)}}
+    for action in actions:
+        if not after[action.node].holds(action.image):
+            raise ImageLoadError(
+                f"image {action.image.ref} is not complete on node {action.node} after its load"
+            )
+    await asyncio.gather(
+        *(
+            _ctr(state.node, "content", "label", digest, f"{GC_ROOT}=", check=False)
+            for state in after.values()
+            for digest in state.marked()
+        )
+    )
 
 
 def _results(
@@ -472,17 +512,6 @@ class _Holds:
             await self._task
 
 
-async def _release_marks(states: Iterable[NodeState]) -> None:
-    """Clears this loader's GC-root marks once a node holds its images (images now own them)."""
-    await asyncio.gather(
-        *(
-            _ctr(state.node, "content", "label", digest, f"{GC_ROOT}=", check=False)
-            for state in states
-            for digest in state.marked()
-        )
-    )
-
-
 async def _collect(stream: asyncio.StreamReader | None) -> bytes:
     """Reads a child's output to the end, keeping only its tail."""
     tail = b""
@@ -502,12 +531,13 @@ class _Importer:
     holds: _Holds
 
     @classmethod
-    async def start(cls, state: NodeState) -> _Importer:
+    async def start(cls, node: str) -> _Importer:
+        snapshotter = await get_snapshotter(node)
         read_fd, write_fd = open_pipe()
         try:
             process = await proc.spawn(
-                ["docker", "exec", "-i", state.node, "ctr", "-n", NAMESPACE, "images", "import",
-                 "--snapshotter", state.snapshotter, "-"],
+                ["docker", "exec", "-i", node, "ctr", "-n", NAMESPACE, "images", "import",
+                 "--snapshotter", snapshotter, "-"],
                 stdin=read_fd,
                 stderr=asyncio.subprocess.STDOUT,
             )  # fmt: skip
@@ -517,7 +547,7 @@ class _Importer:
         finally:
             os.close(read_fd)
         output = asyncio.create_task(_collect(process.stdout))
-        return cls(state.node, process, TarWriter(PipeWriter(write_fd)), output, _Holds(state.node))
+        return cls(node, process, TarWriter(PipeWriter(write_fd)), output, _Holds(node))
 
     async def failure(self) -> ImageLoadError:
         return ImageLoadError(
@@ -552,8 +582,13 @@ async def _load(
     save_errors = asyncio.create_task(_collect(save.stderr))
     importers: list[_Importer] = []
     try:
-        for node in sorted(wanted):
-            importers.append(await _Importer.start(states[node]))
+        started = await asyncio.gather(
+            *map(_Importer.start, sorted(wanted)), return_exceptions=True
+        )
+        importers += [i for i in started if isinstance(i, _Importer)]
+        for outcome in started:
+            if isinstance(outcome, BaseException):
+                raise outcome
         targets = [
             Target(i.node, i.writer, states[i.node].kept(), _archive_images(wanted[i.node]))
             for i in importers
