@@ -190,8 +190,7 @@ async def plan(spec: Spec, reporter: Reporter, opts: Options) -> dict[str, Any]:
     reachable = unchanged and (state.exists or not _uses_kind(spec))
     if spec.images and _uses_kind(spec):
         if reachable:
-            nodes = await images.check_nodes(await images.check_cluster(spec.cluster.name))
-            wanted = await images.check_images(spec.images)
+            wanted, nodes = await images.check_inputs(spec.cluster.name, spec.images)
             lines += [
                 f"images: {a.action} {a.image.ref} on {a.node}"
                 for a in images.plan_images(wanted, nodes)
@@ -230,8 +229,7 @@ async def status(spec: Spec, reporter: Reporter) -> dict[str, Any]:
     if not healthy:
         return doc
     if spec.images and _uses_kind(spec):
-        nodes = await images.check_nodes(await images.check_cluster(spec.cluster.name))
-        wanted = await images.check_images(spec.images)
+        wanted, nodes = await images.check_inputs(spec.cluster.name, spec.images)
         for action in images.plan_images(wanted, nodes):
             doc["images"].setdefault(action.image.ref, {})[action.node] = action.action
             mark = "✓" if action.action == "present" else "✗"
