@@ -56,7 +56,7 @@ def _uses_kind(spec: Spec) -> bool:
 async def _preflight(spec: Spec, opts: Options) -> Prepared:
     """Checks tools, files, images and the host; raises before any side effect."""
     await preflight.check_tools(spec.cluster)
-    await connect_helm(kubeconfig=None, context=None)  # helm present and of a supported major
+    helm = await connect_helm(kubeconfig=None, context=None)  # present, of a supported major
     image_ids: dict[str, str] = {}
     if spec.images and _uses_kind(spec):
         image_ids = {i.ref: i.id for i in await images.check_images(spec.images)}
@@ -66,6 +66,8 @@ async def _preflight(spec: Spec, opts: Options) -> Prepared:
         )
         for r in spec.releases
     )
+    for release in desired:  # the charts' own checks refuse a values mistake now
+        await releases.check_renders(helm, release)
     state = await cluster.observe_cluster(spec.cluster)
     await preflight.check_host(spec.cluster, state)
     # Planning raises for a cluster we may not touch (not ours, or incompatible).

@@ -76,9 +76,15 @@ _MEANINGS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
 
 
 def _tail(stderr: str) -> str:
+    """Helm's last `Error:` line (else its last line), on one line. An error that lists its
+    causes on the lines after it (a values schema failure names the keys there) keeps them."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("Error:")]
-    tail = (errors or lines or ["no output"])[-1]
+    starts = [i for i, line in enumerate(lines) if line.startswith("Error:")]
+    if starts:
+        first = starts[-1]
+        tail = " ".join(lines[first:]) if lines[first].endswith(":") else lines[first]
+    else:
+        tail = lines[-1] if lines else "no output"
     return tail if len(tail) <= 400 else tail[:397] + "..."
 
 

@@ -354,6 +354,19 @@ async def _render(helm: Helm, desired: DesiredRelease, upgrade: bool) -> list[ku
     return _refs(objects)
 
 
+async def check_renders(helm: Helm, desired: DesiredRelease) -> None:
+    """Raises SpecError unless the chart renders with the release's values.
+
+    The chart's values schema and its own checks (`required`, `fail`) then refuse a values
+    mistake before anything is touched: bad input (exit 2), not an upgrade that fails after the
+    images were loaded and the releases before it were changed.
+    """
+    try:
+        await _render(helm, desired, upgrade=False)
+    except ReleaseError as exc:
+        raise SpecError(exc.message, hint="fix the release's values or valuesFiles") from None
+
+
 def _refs(objects: Iterable[Any]) -> list[kube.ObjectRef]:
     refs = []
     for obj in objects:
