@@ -26,8 +26,9 @@ os.environ["PATH"] = f"{TOOLS_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
 
 HELM_BINARIES = {4: "helm", 3: "helm3"}
 
-# kube_api, namespace, kubelet, kind_cli: see tests/harness/fixtures.py.
-pytest_plugins = ["tests.harness.fixtures"]
+# kube_api, namespace, kubelet, kind_cli: see tests/harness/fixtures.py; the fault-injection
+# figures at the end of a run: tests/harness/faultsummary.py.
+pytest_plugins = ["tests.harness.fixtures", "tests.harness.faultsummary"]
 
 
 def _docker_answers() -> bool:
