@@ -6,8 +6,9 @@ ID, holding `json` and `layer.tar`; `<image id>.json` configs; `manifest.json` l
 layout (Docker >= 25: `blobs/sha256/<digest>`, `index.json`). containerd's importer reads an OCI
 layout in any entry order, stores each blob under the digest it computes and resolves
 `index.json` at the end, so a node can be sent a layout whose manifests name blobs it already
-holds without carrying them. Everything streams through a fixed-size buffer: no temp file, and
-memory does not grow with the image.
+holds without carrying them. Layer bytes move pipe to pipe inside the kernel (splice) or, when
+they go to several nodes, through one bounded buffer: no temp file, and memory does not grow
+with the image.
 """
 
 from __future__ import annotations
@@ -394,7 +395,7 @@ class Target:
 
     node: str
     writer: TarWriter
-    holds: set[str]  # blob digests already in the node's content store
+    holds: set[str]  # blob digests the node keeps (see images.NodeState.kept)
     images: list[ArchiveImage]
     sent: dict[str, int] = field(default_factory=dict)  # digest -> size of blobs sent
 
