@@ -333,6 +333,18 @@ def test_plan_adopts_unowned_objects_before_the_upgrade() -> None:
 
 
 @pytest.mark.unit
+def test_plan_objects_names_what_the_upgrade_creates_and_updates() -> None:
+    mine = kube.ObjectRef("v1", "ConfigMap", "mine", "apps")
+    new = kube.ObjectRef("apps/v1", "Deployment", "mini", "apps")
+    existing = (_owned(SA, None, None, None), _owned(mine, "Helm", "mini", "apps"))
+    state = _state(existing=existing, rendered=(SA, mine, new))
+    assert [a.line() for a in releases.plan_objects(_desired(), state)] == [
+        "release/mini: update-object ConfigMap apps/mine (the release's own)",
+        "release/mini: create-object Deployment apps/mini (absent)",
+    ]  # the ServiceAccount is plan_release's adopt-object
+
+
+@pytest.mark.unit
 @pytest.mark.parametrize("statuses", [(), ("deployed", "pending-upgrade")], ids=["new", "stuck"])
 def test_plan_refuses_to_steal_from_another_release_before_any_write(statuses: tuple) -> None:
     existing = (_owned(SA, None, None, None), _owned(ROLE, "Helm", "other", "elsewhere"))

@@ -136,3 +136,59 @@ def test_missing_spec_file_and_folder(workdir: Path) -> None:
         spec.load_spec(workdir / "nope.yaml")
     with pytest.raises(SpecError, match="is a folder"):
         spec.load_spec(workdir)
+
+
+RETIRING = "releases: [{{name: app, chart: charts/app, namespace: apps, retire: {retire}}}]\n"
+
+
+def test_retire_names_a_previous_installers_objects(workdir: Path) -> None:
+    retire = (
+        "{selector: 'app=laconic-1,app.kubernetes.io/stack=agave', gracePeriodSeconds: 600, "
+        "objects: [{kind: Deployment, name: laconic-1-deployment}, "
+        "{apiVersion: v1, kind: Service, name: laconic-1-service, namespace: other}]}"
+    )
+    r = _load(workdir, RETIRING.format(retire=retire)).releases[0].retire
+    assert r is not None and r.grace_period_seconds == 600
+    assert r.labels == {"app": "laconic-1", "app.kubernetes.io/stack": "agave"}
+    assert [(o.version, o.kind, o.name, o.namespace) for o in r.objects] == [
+        ("apps/v1", "Deployment", "laconic-1-deployment", None),
+        ("v1", "Service", "laconic-1-service", "other"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("retire", "expected"),
+    [
+        (
+            "{selector: app=x, objects: [{kind: PersistentVolumeClaim, name: ledger}]}",
+            "releases[0].retire.objects[0].kind: PersistentVolumeClaim holds or guards data "
+            "and is never retired",
+        ),
+        (
+            "{selector: app=x, objects: [{kind: Namespace, name: laconic-agave}]}",
+            "releases[0].retire.objects[0].kind: Namespace holds or guards data",
+        ),
+        (
+            "{selector: app=x, objects: [{kind: StatefulSet, name: db}]}",
+            "releases[0].retire.objects[0].kind: 'StatefulSet' cannot be retired; expected one "
+            "of Deployment, Service",
+        ),
+        (
+            "{selector: app, objects: [{kind: Service, name: s}]}",
+            "releases[0].retire.selector: expected labels as key=value[,key=value...] (got 'app')",
+        ),
+        (
+            "{selector: app=x, objects: [{apiVersion: extensions/v1beta1, kind: Ingress, "
+            "name: i}]}",
+            "releases[0].retire.objects[0]: apiVersion of kind Ingress is networking.k8s.io/v1",
+        ),
+        ("{selector: app=x, objects: []}", "releases[0].retire.objects: needs at least one"),
+        (
+            "{selector: app=x, objects: [{kind: Service, name: s}, {kind: Service, name: s}]}",
+            "releases[0].retire.objects: [1] Service s duplicates [0]",
+        ),
+        ("{objects: [{kind: Service, name: s}]}", "releases[0].retire.selector: required key"),
+    ],
+)
+def test_bad_retire_is_refused_in_one_line(workdir: Path, retire: str, expected: str) -> None:
+    assert expected in _error(workdir, RETIRING.format(retire=retire))

@@ -163,7 +163,7 @@ class RetireObject(_Model):
     def _known_version(self) -> RetireObject:
         want = RETIRABLE[self.kind]
         if self.api_version not in (None, want):
-            raise ValueError(f"apiVersion of a {self.kind} is {want}, not {self.api_version!r}")
+            raise ValueError(f"apiVersion of kind {self.kind} is {want}, not {self.api_version!r}")
         return self
 
     @property
