@@ -53,22 +53,30 @@ def _uses_kind(spec: Spec) -> bool:
     return spec.cluster.provider == "kind"
 
 
-async def _preflight(spec: Spec, opts: Options) -> Prepared:
-    """Checks tools, files, images and the host; raises before any side effect."""
-    await preflight.check_tools(spec.cluster)
-    helm = await connect_helm(kubeconfig=None, context=None)  # present, of a supported major
+async def _desired_releases(spec: Spec) -> tuple[releases.DesiredRelease, ...]:
+    """Reads every release's inputs; the IDs of the images it runs are part of its digest."""
     image_ids: dict[str, str] = {}
     if spec.images and _uses_kind(spec):
         image_ids = {i.ref: i.id for i in await images.check_images(spec.images)}
-    desired = tuple(
+    return tuple(
         releases.desired_release(
             r, extras={f"image/{ref}": image_ids[ref] for ref in r.images if ref in image_ids}
         )
         for r in spec.releases
     )
-    for release in desired:  # the charts' own checks refuse a values mistake now
-        await releases.check_renders(helm, release)
-    state = await cluster.observe_cluster(spec.cluster)
+
+
+async def _preflight(spec: Spec, opts: Options) -> Prepared:
+    """Checks tools, files, images and the host; raises before any side effect."""
+    # Independent reads, at once: a re-run spends most of its time waiting on these processes.
+    _, helm, desired, state = await asyncio.gather(
+        preflight.check_tools(spec.cluster),
+        connect_helm(kubeconfig=None, context=None),  # present, of a supported major
+        _desired_releases(spec),
+        cluster.observe_cluster(spec.cluster),
+    )
+    # The charts' own checks refuse a values mistake now.
+    await asyncio.gather(*(releases.check_renders(helm, release) for release in desired))
     await preflight.check_host(spec.cluster, state)
     # Planning raises for a cluster we may not touch (not ours, or incompatible).
     cluster.plan_cluster(
@@ -238,8 +246,7 @@ async def status(spec: Spec, reporter: Reporter) -> dict[str, Any]:
             reporter.line(f"{mark} image {action.image.ref} on {action.node}: {action.action}")
     access = await cluster.ensure_kubeconfig(spec.cluster, state)
     k, h = await _connect(access)
-    for r in spec.releases:
-        desired = releases.desired_release(r)
+    for r, desired in zip(spec.releases, await _desired_releases(spec), strict=True):
         observed = await releases.observe_release(k, h, desired)
         summary = observed.summary()
         workloads = await k.list_workloads(r.namespace)

@@ -38,7 +38,7 @@ import yaml
 from pydantic import ValidationError
 from pyhelm3 import errors as helm_errors
 
-from laconic_helm import kube
+from laconic_helm import kube, paths
 from laconic_helm.errors import ClusterError, DeadlineExceeded, ReleaseError, SpecError
 from laconic_helm.helm import STOP_GRACE, live_helm_pids, release_error
 from laconic_helm.plan import Action
@@ -361,10 +361,16 @@ async def check_renders(helm: Helm, desired: DesiredRelease) -> None:
     mistake before anything is touched: bad input (exit 2), not an upgrade that fails after the
     images were loaded and the releases before it were changed.
     """
+    # The digest covers chart and values: once they rendered, they render again (a private
+    # marker, so a re-run skips the seconds helm takes; losing it only costs a render).
+    marker = paths.state_dir() / "rendered" / f"{_short(desired.digest)}-helm{helm.major}"
+    if marker.exists():
+        return
     try:
         await _render(helm, desired, upgrade=False)
     except ReleaseError as exc:
         raise SpecError(exc.message, hint="fix the release's values or valuesFiles") from None
+    paths.write_private(marker, b"")
 
 
 def _refs(objects: Iterable[Any]) -> list[kube.ObjectRef]:
