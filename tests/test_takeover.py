@@ -384,13 +384,27 @@ def test_first_deploy_takes_a_laconic_so_cluster_over(
             kind in line for line in retired for kind in ("PersistentVolume", "ConfigMap")
         )
 
+        mark = api.mark()
         done = helm.run("deploy", "--adopt-cluster")
         assert done.code == 0, done.stderr
+        writes = api.writes_since(mark)
         text = done.stdout + done.stderr
         for refusal in ("AlreadyExists", "already exists", "invalid ownership metadata"):
             assert refusal not in text
         steps = {s["name"]: s for s in done.report["steps"]}
         assert any(" retire-object " in a for a in steps["release agave"]["data"]["actions"])
+
+        # The old node went only once the new one existed, and no data object was deleted.
+        order = [(w.verb, w.resource, w.name) for w in writes if w.resource == "deployments"]
+        first_new = next(i for i, (_, _, name) in enumerate(order) if name == "agave")
+        assert order.index(("delete", "deployments", old_agave)) > first_new
+        deleted = {w.resource for w in writes if w.verb in ("delete", "deletecollection")}
+        assert deleted <= {"deployments", "replicasets", "pods", "services", "ingresses"} | {
+            "cronjobs",
+            "roles",
+            "rolebindings",
+            "serviceaccounts",
+        }
 
         # Caddy: one release, laconic-so's names, its certificate untouched.
         assert release_statuses(api, "caddy-system", "caddy-ingress") == ["deployed"]
