@@ -2,11 +2,15 @@
 
 A signal cancels the main task; cancellation reaches every running child through `proc.run`,
 which asks it to stop (helm then records `failed`, never pending) before the task unwinds.
+
+Outside the work (while the command line is read, and while the report is written) `hold()`
+makes the two signals be remembered instead of acted on: one that came before the work stops
+the run before it touches anything (exit 3), one that came after leaves the outcome as it was,
+so a signal never turns into a traceback, click's `Aborted!` or a half-written report.
 """
 
 from __future__ import annotations
 
-import asyncio
 import signal
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -14,32 +18,82 @@ from laconic_helm.errors import Interrupted
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine
+    from types import FrameType
+
+# asyncio is imported only by `run`: `hold()` comes first thing at start-up, before the slow
+# imports, so that a signal is caught from as early as possible.
 
 T = TypeVar("T")
 
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+_held: list[str] = []  # signals that came while held, oldest first
+_original: dict[signal.Signals, Any] = {}  # the handlers `hold` replaced
+
+
+def _remember(signum: int, frame: FrameType | None) -> None:
+    _held.append(signal.Signals(signum).name)
+
+
+def hold() -> bool:
+    """From now until `release()`, SIGINT and SIGTERM are remembered, not acted on.
+
+    Returns False when they were held already (the process holds them from start-up to exit).
+    """
+    if _original:
+        return False
+    _original.update({sig: signal.getsignal(sig) for sig in SIGNALS})
+    for sig in SIGNALS:
+        signal.signal(sig, _remember)
+    return True
+
+
+def release() -> None:
+    """Gives SIGINT and SIGTERM back the handlers they had before `hold()`."""
+    for sig, handler in _original.items():
+        signal.signal(sig, handler)
+    _original.clear()
+    _held.clear()
+
 
 async def _main(coro: Coroutine[Any, Any, T]) -> T:
+    import asyncio
+    import contextlib
+
     loop = asyncio.get_running_loop()
-    task = asyncio.ensure_future(coro)
+    before = {sig: signal.getsignal(sig) for sig in SIGNALS}
     received: list[str] = []
 
     def on_signal(sig: signal.Signals) -> None:
         received.append(sig.name)
-        task.cancel()
+        if len(received) == 1:  # a second signal must not cut the children's clean stop short
+            task.cancel()
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    task = asyncio.ensure_future(coro)
+    for sig in SIGNALS:
         loop.add_signal_handler(sig, on_signal, sig)
     try:
+        if _held:  # it came while the command line was read: the work never starts
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            raise Interrupted(
+                f"stopped by {_held[0]} before it began; nothing was changed; re-run to continue"
+            )
         return await task
     except asyncio.CancelledError:
         if received:
             raise Interrupted(f"stopped by {received[0]}; re-run to continue") from None
         raise
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in SIGNALS:
             loop.remove_signal_handler(sig)
+            if before[sig] is not None:
+                signal.signal(sig, before[sig])  # e.g. held again while the report is written
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Runs `coro` to completion; a signal turns into `Interrupted` after children stopped."""
+    import asyncio
+
     return asyncio.run(_main(coro))
