@@ -5,9 +5,11 @@ config.env and compose/*.yml. The import maps the kind cluster as it was created
 mappings and mounts, so the next deploy reuses it instead of a 5-10 minute rebuild), the agave
 service to the agave chart (its data volumes as hostPath volumes at the same node paths, so the
 ledger in place is used) and Caddy to the caddy-ingress chart with laconic-so's object names (so
-its objects and certificate Secrets are adopted in place). Whatever has no equivalent is listed
-in the report, never dropped in silence. Keypairs are named by path, never copied, and nothing
-is written until everything is mapped.
+its objects and certificate Secrets are adopted in place). Each release's `retire` section names
+the laconic-so objects it replaces (the node's Deployment, Services and Ingress; the certificate
+backup job), which the deploy removes once the release is up. Whatever has no equivalent is
+listed in the report, never dropped in silence. Keypairs are named by path, never copied, and
+nothing is written until everything is mapped.
 """
 
 from __future__ import annotations
