@@ -213,7 +213,7 @@ def test_objects_that_are_not_the_installers_stay(
     assert f"lacks the label app={APP}" in planned[0].detail
     assert f"Helm release {ns}/other owns it" in planned[1].detail
     mark = kube_api.mark()
-    assert asyncio.run(takeover.ensure_retired(k, release)) == []
+    assert asyncio.run(takeover.ensure_retired(k, release)) == planned
     assert kube_api.writes_since(mark) == []
 
 

@@ -170,7 +170,7 @@ async def deploy(spec: Spec, reporter: Reporter, opts: Options) -> dict[str, Any
                 outcome, retired = await _ensure_release(k, h, release, desired, deadline)
                 lines = [a.line() for a in (*outcome.actions, *retired)]
                 rec.done(
-                    "changed" if outcome.changed or retired else "ok",
+                    "changed" if outcome.changed or takeover.removed(retired) else "ok",
                     "; ".join(lines),
                     actions=lines,
                     revision=outcome.revision,

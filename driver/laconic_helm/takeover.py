@@ -225,7 +225,8 @@ async def _retire_deployment(k: kube.Kube, leftover: Leftover, retire: Retire) -
 
 
 async def ensure_retired(k: kube.Kube, release: Release) -> list[Action]:
-    """Removes what is left of the release's `retire` section; returns what it removed.
+    """Removes what is left of the release's `retire` section; returns what it removed
+    (`retire-object`) and what it left alone as not the installer's (`keep-object`).
 
     Call it once the release is deployed: it looks everything up again (the upgrade may have
     taken minutes) and removes a workload only when the release has one of its own.
@@ -236,7 +237,10 @@ async def ensure_retired(k: kube.Kube, release: Release) -> list[Action]:
     done = []
     for leftover in await observe_retire(k, release):
         action = _action(release, leftover)
-        if action is None or action.verb != "retire-object":
+        if action is None:
+            continue
+        if action.verb == "keep-object":
+            done.append(action)
             continue
         if leftover.ref.kind == "Deployment":
             await _check_replacement(k, release, leftover)
@@ -247,6 +251,11 @@ async def ensure_retired(k: kube.Kube, release: Release) -> list[Action]:
                 continue  # gone since it was looked up
         done.append(action)
     return done
+
+
+def removed(actions: Sequence[Action]) -> bool:
+    """True when `ensure_retired` removed anything (keeping an object changes nothing)."""
+    return any(a.verb == "retire-object" for a in actions)
 
 
 def replaces_workload(leftovers: Sequence[Leftover]) -> bool:
