@@ -657,11 +657,23 @@ def test_create_rerun_refuse_recreate_delete(kind_cli: Any, kind_log: KindLog) -
     server = cluster.kubeconfig_server(kubeconfig.read_text(), f"kind-{name}")
     assert api is not None and server is not None and cluster.server_port(server) == api.host_port
 
-    # A re-run reads and changes nothing.
+    # A re-run reads and changes nothing, and asks kind nothing: the driver's own copy of the
+    # kubeconfig still reaches the API.
     kind_log.clear()
     again = asyncio.run(cluster.ensure_cluster(spec))
     assert again.actions == () and not again.changed
-    assert set(kind_log.verbs()) == {"get kubeconfig"}
+    assert kind_log.verbs() == []
+    assert again.state.api_ready and again.state.node_labels is not None
+
+    # A stale copy (another port) is not trusted: kind is asked again, and the copy refreshed.
+    kubeconfig.write_text(kubeconfig.read_text().replace(f":{api.host_port}", ":1"))
+    kind_log.clear()
+    again = asyncio.run(cluster.ensure_cluster(spec))
+    assert again.actions == () and set(kind_log.verbs()) == {"get kubeconfig"}
+    assert (
+        cluster.server_port(cluster.kubeconfig_server(kubeconfig.read_text(), f"kind-{name}") or "")
+        == api.host_port
+    )
     assert list(rec.node_ids) == node_ids(name)
 
     # Ports are fixed at creation: a new one is named, and nothing changes without the flag.

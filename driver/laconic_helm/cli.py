@@ -69,7 +69,7 @@ def main(ctx: click.Context, output: OutputMode, verbose: int) -> None:
         ctx.call_on_close(interrupt.release)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     ctx.obj = App(Reporter(output), verbose)

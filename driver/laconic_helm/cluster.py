@@ -641,12 +641,21 @@ async def observe_cluster(cluster: Cluster) -> ClusterState:
     )  # fmt: skip
     if problems or cp is None:
         return replace(state, problems=tuple(problems))
+    api = api_binding(cp.ports)
+    # Our own cluster answering with the copy we keep needs no kind call (the common re-run).
+    cached = _cached_kubeconfig(cluster.name, api) if owned else None
+    if cached is not None:
+        error, node = await _probe_api(cached, f"kind-{cluster.name}", cp.name, wait=0)
+        if error is None:
+            return replace(
+                state, kubeconfig=cached, api_ready=True, node_labels=_labels(node),
+                memlock_runtime=await _memlock_runtime(cp.name) if cluster.high_memlock else None,
+            )  # fmt: skip
     kubeconfig, error = await _kind_kubeconfig(cluster.name)
     if kubeconfig is None:
         problems.append(f"`kind get kubeconfig` fails: {error}")
         return replace(state, problems=tuple(problems))
     server = kubeconfig_server(kubeconfig, f"kind-{cluster.name}")
-    api = api_binding(cp.ports)
     if server is None:
         problems.append(f"its kubeconfig has no context kind-{cluster.name}")
     elif api is not None and server_port(server) != api.host_port:
@@ -658,12 +667,27 @@ async def observe_cluster(cluster: Cluster) -> ClusterState:
     error, node = await _probe_api(kubeconfig, f"kind-{cluster.name}", cp.name, wait=wait)
     if error:
         problems.append(f"its API does not answer: {error}")
-    labels = dict(node.get("metadata", {}).get("labels") or {}) if node else None
     memlock = await _memlock_runtime(cp.name) if cluster.high_memlock else None
     return replace(
         state, kubeconfig=kubeconfig, problems=tuple(problems), api_ready=error is None,
-        node_labels=labels, memlock_runtime=memlock,
+        node_labels=_labels(node), memlock_runtime=memlock,
     )  # fmt: skip
+
+
+def _labels(node: dict[str, Any] | None) -> dict[str, str] | None:
+    return dict(node.get("metadata", {}).get("labels") or {}) if node else None
+
+
+def _cached_kubeconfig(name: str, api: PortBinding | None) -> str | None:
+    """The driver's copy of the cluster's kubeconfig, if it still points at its API port."""
+    try:
+        text = kubeconfig_path(name).read_text()
+    except OSError:
+        return None
+    server = kubeconfig_server(text, f"kind-{name}")
+    if api is None or server is None or server_port(server) != api.host_port:
+        return None
+    return text
 
 
 def stopped_problem(node: Node) -> str:
