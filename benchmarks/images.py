@@ -249,6 +249,8 @@ def run_set(
     rows.append(Row(name, "C", seconds, sent, rss, "loader, all present"))
 
     ref, base, top = rebuild
+    inspect = ["docker", "image", "inspect", "--format", "{{.Id}}", ref]
+    replaced = subprocess.run(inspect, capture_output=True, text=True, check=True).stdout.strip()
     build(ref, {"top": top}, work, base=base)
     settle()
     seconds, sent, rss = loader(cluster_b, refs)
@@ -262,6 +264,7 @@ def run_set(
     subprocess.run(["docker", "save", ref], stdout=subprocess.DEVNULL, check=True)
     note = "`docker save` of that image, discarded: the floor for D on this Docker"
     rows.append(Row(name, "DX", time.monotonic() - start, 0, note=note))
+    subprocess.run(["docker", "rmi", replaced], capture_output=True, check=False)
 
     cluster_e, _ = node("bench-e")
     seconds, sent, rss = loader(cluster_e, refs, kill_at=total // 2)
@@ -370,13 +373,13 @@ def main() -> None:
         for cluster in clusters:
             nodes.delete_cluster(cluster)
         listed = subprocess.run(
-            ["docker", "images", "-q", "--filter", f"reference={repo}/*"],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.split()
-        if listed:
-            subprocess.run(["docker", "rmi", "-f", *set(listed)], capture_output=True, check=False)
+            ["docker", "images", "--format", "{{.Repository}}:{{.Tag}}", "--filter",
+             f"reference={repo}/*"],
+            capture_output=True, text=True, check=False,
+        ).stdout.split()  # fmt: skip
+        # By tag, derived images first: a base goes with its last child.
+        for ref in sorted(listed, key=lambda r: ("base" in r or "-lower" in r, r)):
+            subprocess.run(["docker", "rmi", ref], capture_output=True, check=False)
         subprocess.run(["rm", "-rf", str(work)], check=False)
     load = os.getloadavg()
     print(table(rows))
