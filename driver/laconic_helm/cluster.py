@@ -953,25 +953,33 @@ class ClusterAccess:
     context: str
 
 
+def access_of(cluster: Cluster) -> ClusterAccess:
+    """Where the releases reach the cluster: for kind, the driver's own kubeconfig copy (which
+    `ensure_kubeconfig` keeps current), so helm can be set up before the cluster exists."""
+    if cluster.provider == "existing":
+        return ClusterAccess(None, cluster.kube_context)
+    return ClusterAccess(kubeconfig_path(cluster.name), f"kind-{cluster.name}")
+
+
 async def ensure_kubeconfig(cluster: Cluster, state: ClusterState) -> ClusterAccess:
     """Returns how to reach the API; for kind, refreshes the driver's own kubeconfig (0600).
 
     The driver's copy comes from `kind get kubeconfig`, so neither $KUBECONFIG nor a stale
     ~/.kube/config can point the releases at another cluster.
     """
-    if cluster.provider == "existing":
-        return ClusterAccess(None, cluster.kube_context)
+    access = access_of(cluster)
+    if access.kubeconfig is None:
+        return access
     text = state.kubeconfig
     if text is None:
         text, error = await _kind_kubeconfig(cluster.name)
         if text is None:
             raise ClusterError(f"cluster {cluster.name}: `kind get kubeconfig` fails: {error}")
-    path = kubeconfig_path(cluster.name)
     with contextlib.suppress(OSError):
-        if path.read_text() == text:
-            return ClusterAccess(path, f"kind-{cluster.name}")
-    paths.write_private(path, text.encode())
-    return ClusterAccess(path, f"kind-{cluster.name}")
+        if access.kubeconfig.read_text() == text:
+            return access
+    paths.write_private(access.kubeconfig, text.encode())
+    return access
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ class Prepared:
 
     desired: tuple[releases.DesiredRelease, ...]
     cluster_state: ClusterState
+    helm: Helm  # bound to the cluster's access already: one `helm version` per run
 
 
 def _uses_kind(spec: Spec) -> bool:
@@ -69,9 +70,10 @@ async def _desired_releases(spec: Spec) -> tuple[releases.DesiredRelease, ...]:
 async def _preflight(spec: Spec, opts: Options) -> Prepared:
     """Checks tools, files, images and the host; raises before any side effect."""
     # Independent reads, at once: a re-run spends most of its time waiting on these processes.
+    access = cluster.access_of(spec.cluster)
     _, helm, desired, state = await asyncio.gather(
         preflight.check_tools(spec.cluster),
-        connect_helm(kubeconfig=None, context=None),  # present, of a supported major
+        connect_helm(kubeconfig=access.kubeconfig, context=access.context),
         _desired_releases(spec),
         cluster.observe_cluster(spec.cluster),
     )
@@ -82,7 +84,7 @@ async def _preflight(spec: Spec, opts: Options) -> Prepared:
     cluster.plan_cluster(
         spec.cluster, state, recreate=opts.recreate_cluster, adopt=opts.adopt_cluster
     )
-    return Prepared(desired, state)
+    return Prepared(desired, state, helm)
 
 
 @contextlib.asynccontextmanager
@@ -102,9 +104,9 @@ async def _budget(deadline: float | None, current: list[str]) -> AsyncIterator[N
         ) from None
 
 
-async def _connect(access: ClusterAccess) -> tuple[Kube, Helm]:
+async def _connect(access: ClusterAccess, helm: Helm | None = None) -> tuple[Kube, Helm]:
     k = Kube.connect(access.kubeconfig, access.context)
-    h = await connect_helm(kubeconfig=access.kubeconfig, context=access.context)
+    h = helm or await connect_helm(kubeconfig=access.kubeconfig, context=access.context)
     return k, h
 
 
@@ -163,7 +165,7 @@ async def deploy(spec: Spec, reporter: Reporter, opts: Options) -> dict[str, Any
             current.append("images")
             await images.ensure_images(spec.cluster.name, spec.images, reporter)
 
-        k, h = await _connect(result.access)
+        k, h = await _connect(result.access, prepared.helm)
         for release, desired in zip(spec.releases, prepared.desired, strict=True):
             current.append(f"release {desired.name}")
             with reporter.step(f"release {desired.name}") as rec:
@@ -210,7 +212,7 @@ async def plan(spec: Spec, reporter: Reporter, opts: Options) -> dict[str, Any]:
             lines += [f"images: load {ref} into every node" for ref in spec.images]
     if reachable:
         access = await cluster.ensure_kubeconfig(spec.cluster, state)
-        k, h = await _connect(access)
+        k, h = await _connect(access, prepared.helm)
         for release, desired in zip(spec.releases, prepared.desired, strict=True):
             observed = await releases.observe_release(k, h, desired)
             actions = [
