@@ -38,7 +38,7 @@ import yaml
 from pydantic import ValidationError
 from pyhelm3 import errors as helm_errors
 
-from laconic_helm import kube, paths
+from laconic_helm import kube, paths, spec
 from laconic_helm.errors import ClusterError, DeadlineExceeded, ReleaseError, SpecError
 from laconic_helm.helm import STOP_GRACE, live_helm_pids, release_error
 from laconic_helm.plan import Action
@@ -48,7 +48,6 @@ if TYPE_CHECKING:
 
     import pyhelm3
 
-    from laconic_helm import spec
     from laconic_helm.helm import Helm
 
 DIGEST_ANNOTATION = "laconic-helm/digest"
@@ -84,23 +83,9 @@ def _plain(values: Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(values, default=str))
 
 
-def _load_values_file(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise SpecError(f"{path}: cannot read values file ({exc.strerror})") from None
-    except yaml.YAMLError:
-        raise SpecError(f"{path}: not valid YAML") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise SpecError(f"{path}: expected a mapping of values, got {type(data).__name__}")
-    return data
-
-
 def effective_values(release: spec.Release) -> dict[str, Any]:
     """The values the operator asked for: the values files in order, then the inline values."""
-    files = [_load_values_file(p) for p in release.values_files]
+    files = [spec.load_values_file(p) for p in release.values_files]
     return _plain(merge_values(*files, release.values))
 
 

@@ -329,7 +329,7 @@ def _resolve(spec: Spec, *, source: str, base: Path) -> Spec:
         values_files = tuple(path(p) for p in r.values_files)
         for j, p in enumerate(values_files):
             must_exist(p, f"releases[{i}].valuesFiles[{j}]", "values file")
-            _load_yaml_mapping(p, f"releases[{i}].valuesFiles[{j}]")
+            load_values_file(p, f"releases[{i}].valuesFiles[{j}]")
         secrets = []
         for j, s in enumerate(r.secrets):
             files = {k: path(p) for k, p in s.files.items()}
@@ -353,15 +353,17 @@ def _resolve(spec: Spec, *, source: str, base: Path) -> Spec:
     )
 
 
-def _load_yaml_mapping(p: Path, key: str) -> dict[str, Any]:
+def load_values_file(p: Path, key: str | None = None) -> dict[str, Any]:
+    """Reads a values file; raises SpecError naming the file (and the spec key that names it)."""
+    named_by = f"; named by {key}" if key else ""
     try:
         data = yaml.safe_load(p.read_text())
     except OSError as exc:
-        raise SpecError(f"{p}: cannot read ({exc.strerror}); named by {key}") from None
+        raise SpecError(f"{p}: cannot read values file ({exc.strerror}){named_by}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise SpecError(f"{p}:{where}: not valid YAML; named by {key}") from None
+        raise SpecError(f"{p}:{where}: not valid YAML{named_by}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
