@@ -185,6 +185,13 @@ def test_plan_and_status_read_only(deployment: Deployment, kind_cli: KindCLI) ->
     assert code == 0, err
     assert report["cluster"]["exists"] is True
     assert [r["status"] for r in report["releases"]] == ["deployed", "deployed"]
+    # Pod logs come from a kubelet, which the stand-in lacks: the API's refusal is one clean
+    # line naming the pod (on real kind the lines themselves arrive).
+    code, report, err = deployment.run("logs", "--tail", "5")
+    assert code == 1, err
+    assert report["error"].startswith("logs of pod agave/")
+    code, report, err = deployment.run("logs", "--release", "nope")
+    assert code == 2 and report["error"].startswith("--release: no release 'nope'")
 
 
 def test_deadline_stops_cleanly_and_next_run_completes(

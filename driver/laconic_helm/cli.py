@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from laconic_helm import __version__
-from laconic_helm.errors import EXIT_FAILED, EXIT_OK, LaconicHelmError
+from laconic_helm.errors import EXIT_FAILED, EXIT_OK, LaconicHelmError, UserError
 from laconic_helm.output import OutputMode, Reporter
 
 if TYPE_CHECKING:
@@ -277,5 +277,36 @@ def import_laconic_so(
         return migrate.import_laconic_so(
             deployment_dir, out, app.reporter, force=force, namespace=namespace
         )
+
+    _run(app, work)
+
+
+@main.command()
+@_spec_option
+@click.option("--release", "release_name", default=None, help="Release (default: the last one).")
+@click.option("-f", "--follow", is_flag=True, help="Keep streaming new lines (Ctrl-C stops).")
+@click.option("--tail", type=click.IntRange(min=0), default=None, help="Only the last N lines.")
+@click.pass_obj
+def logs(
+    app: App, spec_file: Path | None, release_name: str | None, follow: bool, tail: int | None
+) -> None:
+    """Prints the pod logs of a release (the app by default), like kubectl logs."""
+    from laconic_helm import logs as pod_logs
+
+    collected: list[dict[str, str]] = []
+
+    def emit(pod: str, line: str) -> None:
+        if app.reporter.mode == "json":
+            collected.append({"pod": pod, "line": line})
+        else:
+            click.echo(f"{pod}: {line}")
+
+    async def work() -> dict[str, Any]:
+        if follow and app.reporter.mode == "json":
+            raise UserError("--follow: not with --output json (the report is one JSON object)")
+        found = await pod_logs.pod_logs(
+            _load(spec_file), release_name, follow=follow, tail=tail, emit=emit
+        )
+        return {**found, "entries": collected} if app.reporter.mode == "json" else found
 
     _run(app, work)

@@ -22,7 +22,7 @@ import urllib3
 from laconic_helm.errors import ClusterError
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterator, Mapping
     from pathlib import Path
 
     from kubernetes.client import ApiClient
@@ -449,6 +449,38 @@ class Kube:
         return code != 409
 
     # -- readiness ------------------------------------------------------------------------
+
+    async def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        """Pods of `namespace` matching the label `selector`, oldest first."""
+        doc = await self._get(f"/api/v1/namespaces/{namespace}/pods", {"labelSelector": selector})
+        items = list((doc or {}).get("items") or [])
+        return sorted(items, key=lambda p: p["metadata"].get("creationTimestamp") or "")
+
+    def pod_log_lines(
+        self, namespace: str, pod: str, *, container: str | None, follow: bool, tail: int | None
+    ) -> Iterator[str]:
+        """Yields a container's log lines as the API streams them (blocking; run in a thread)."""
+        from kubernetes.client import CoreV1Api
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            response = CoreV1Api(self._api).read_namespaced_pod_log(
+                pod, namespace, container=container, follow=follow, tail_lines=tail,
+                _preload_content=False,
+            )  # fmt: skip
+        except ApiException as exc:
+            raise ClusterError(
+                f"logs of pod {namespace}/{pod}: HTTP {exc.status}: {exc.reason}"
+            ) from None
+        except urllib3.exceptions.HTTPError as exc:
+            raise ClusterError(f"cannot reach the Kubernetes API at {self.server}: {exc}") from None
+        pending = b""
+        for chunk in response.stream(4096):
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            yield from (line.decode(errors="replace") for line in lines)
+        if pending:
+            yield pending.decode(errors="replace")
 
     async def list_workloads(self, namespace: str) -> list[Workload]:
         """Returns the readiness of every Deployment, StatefulSet and DaemonSet in `namespace`."""
