@@ -3,141 +3,57 @@ real containerd, a real Kubernetes API per cluster, real helm 3 and 4, the real 
 
 from __future__ import annotations
 
-import io
-import json
-import os
-import socket
-import subprocess
-import sys
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from tests.conftest import REPO
+from tests.harness import deployment as d
 from tests.harness import nodes
 from tests.harness.fixtures import KindCLI
 
-# Images the charts run with the overlays below; the test builds stand-ins for them locally
-# (no registry here) and the deploy loads them into the nodes, where the kubelet stand-in
-# finds them.
-CHART_IMAGES = ("caddy/ingress:v0.2.1", "anzaxyz/agave:v2.3.13")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _build_image(ref: str, content: str) -> None:
-    """A one-file image made offline (docker import of a tiny tar)."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        data = content.encode()
-        info = tarfile.TarInfo("marker.txt")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-    nodes.docker("import", "-", ref, input=buf.getvalue())
-
 
 @pytest.fixture(scope="module")
-def chart_images() -> Iterator[tuple[str, ...]]:
-    for ref in CHART_IMAGES:
-        _build_image(ref, f"stand-in for {ref}\n")
-    yield CHART_IMAGES
+def chart_images() -> Iterator[d.Images]:
+    """Local stand-ins (unique names) for the Caddy and agave images; the deploy loads them
+    into the nodes, where the kubelet stand-in finds them."""
+    with d.chart_images() as images:
+        yield images
 
 
 @dataclass
 class Deployment:
     """A spec on disk plus the way to run the real CLI on it."""
 
-    spec: Path
-    cluster: str
-    env: dict[str, str]
+    runner: d.Deployment
+    images: d.Images
 
-    def run(self, *args: str, timeout: float = 600) -> tuple[int, dict[str, Any], str]:
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "laconic_helm",
-                "--output",
-                "json",
-                *args,
-                "--spec",
-                str(self.spec),
-            ],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        assert "Traceback" not in done.stderr, done.stderr
-        return done.returncode, json.loads(done.stdout), done.stderr
+    @property
+    def cluster(self) -> str:
+        return self.runner.cluster
 
-
-def _write_spec(folder: Path, cluster: str, images: tuple[str, ...], **release_values: Any) -> Path:
-    values = REPO / "values"
-    doc = {
-        "cluster": {
-            "name": cluster,
-            "ports": [
-                {"containerPort": 80, "hostPort": _free_port(), "listenAddress": "127.0.0.1"},
-                {"containerPort": 443, "hostPort": _free_port(), "listenAddress": "127.0.0.1"},
-            ],
-        },
-        "images": list(images),
-        "releases": [
-            {
-                "name": "caddy-ingress",
-                "chart": str(REPO / "charts" / "caddy-ingress"),
-                "namespace": "caddy-system",
-                "valuesFiles": [str(values / "caddy-ingress" / "kind.yaml")],
-                "images": [images[0]],
-                "timeout": 120,
-            },
-            {
-                "name": "agave",
-                "chart": str(REPO / "charts" / "agave"),
-                "namespace": "agave",
-                "valuesFiles": [str(values / "agave" / "kind-test.yaml")],
-                "values": release_values,
-                "images": [images[1]],
-                "timeout": 120,
-            },
-        ],
-    }
-    path = folder / "deployment.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
+    def run(self, *args: str) -> tuple[int, dict[str, Any], str]:
+        done = self.runner.run(*args)
+        return done.code, done.report, done.stderr
 
 
 @pytest.fixture
 def deployment(
-    kind_cli: KindCLI, helm_bin: str, chart_images: tuple[str, ...], tmp_path: Path
+    kind_cli: KindCLI, helm_bin: str, chart_images: d.Images, tmp_path: Path
 ) -> Deployment:
     cluster = kind_cli.new_name("dep")
-    env = {
-        **kind_cli.env,
-        "LACONIC_HELM_HELM": helm_bin,
-        "LACONIC_HELM_STATE": str(tmp_path / "state"),
-        "PATH": os.environ["PATH"],
-    }
-    return Deployment(_write_spec(tmp_path, cluster, chart_images), cluster, env)
+    doc = d.full_spec(tmp_path, cluster, chart_images, d.make_files(tmp_path / "files", cluster))
+    # No claim: this module is about the sequence, not about data (the fault suites are).
+    doc["releases"][1]["values"]["volumes"] = {"ledger": {"type": "emptyDir"}}
+    spec = d.write_spec(tmp_path, doc)
+    env = d.driver_env(kind_cli, tmp_path / "state", helm_bin)
+    return Deployment(d.Deployment(spec, cluster, env), chart_images)
 
 
 def _release_status(api: Any, namespace: str, name: str) -> list[str]:
-    secrets = api.admin.get(
-        f"/api/v1/namespaces/{namespace}/secrets?labelSelector=owner%3Dhelm,name%3D{name}"
-    )
-    items = sorted(secrets["items"], key=lambda s: int(s["metadata"]["labels"]["version"]))
-    return [s["metadata"]["labels"]["status"] for s in items]
+    return d.release_statuses(api, namespace, name)
 
 
 def test_deploy_from_nothing_then_rerun_changes_nothing(
@@ -157,7 +73,7 @@ def test_deploy_from_nothing_then_rerun_changes_nothing(
         assert _release_status(api, "agave", "agave") == ["deployed"]
         node = f"{deployment.cluster}-control-plane"
         held = nodes.ctr_images(node)
-        for ref in CHART_IMAGES:
+        for ref in deployment.images.refs:
             assert f"docker.io/{ref}" in held
 
         mark = api.mark()
