@@ -26,9 +26,10 @@ os.environ["PATH"] = f"{TOOLS_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
 
 HELM_BINARIES = {4: "helm", 3: "helm3"}
 
-# kube_api, namespace, kubelet, kind_cli: see tests/harness/fixtures.py; the fault-injection
-# figures at the end of a run: tests/harness/faultsummary.py.
-pytest_plugins = ["tests.harness.fixtures", "tests.harness.faultsummary"]
+# kube_api, namespace, kubelet, kind_cli: see tests/harness/fixtures.py; deployed (a converged
+# deployment for the session): tests/harness/deployed.py; the fault-injection figures at the
+# end of a run: tests/harness/faultsummary.py.
+pytest_plugins = ["tests.harness.fixtures", "tests.harness.deployed", "tests.harness.faultsummary"]
 
 
 def _docker_answers() -> bool:

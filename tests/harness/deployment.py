@@ -32,6 +32,7 @@ from tests.harness import nodes, standin
 from tests.harness.api import KubeAPI
 from tests.harness.client import ApiError, Client
 from tests.harness.fixtures import STANDIN_BIN, KindCLI, _owned_clusters
+from tests.harness.kubelet import Kubelet
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -439,3 +440,46 @@ def ledger_volumes(clusters: Sequence[str] | None = None) -> Iterator[dict[str, 
     finally:
         stop.set()
         watcher.join(timeout=30)
+
+
+@contextlib.contextmanager
+def kubelet_for(cluster: str) -> Iterator[None]:
+    """Runs the kubelet stand-in for stand-in cluster `cluster` while the block runs, following
+    it when it is made, or deleted and made again, meanwhile (a new control-plane container
+    gets a new kubelet)."""
+    stop = threading.Event()
+    current: dict[str, Kubelet] = {}  # control-plane container ID -> its kubelet
+
+    def plane_id() -> str | None:
+        planes = standin.control_planes(cluster)
+        if not planes:
+            return None
+        found = nodes.docker("inspect", "--format", "{{.Id}}", planes[0], check=False).strip()
+        return found or None
+
+    def follow() -> None:
+        while not stop.is_set():
+            now = plane_id()
+            for old in [i for i in current if i != now]:
+                current.pop(old).stop()
+            if now is not None and now not in current:
+                try:
+                    client = Client(
+                        standin.credentials(standin.control_planes(cluster)[0], "harness")
+                    )
+                except (IndexError, RuntimeError):
+                    client = None  # still being made
+                if client is not None and client.ready():
+                    current[now] = Kubelet(client, standin.has_image)
+                    current[now].start()
+            stop.wait(0.5)
+
+    watcher = threading.Thread(target=follow, name=f"kubelet-{cluster}", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        watcher.join(timeout=30)
+        for one in current.values():
+            one.stop()
