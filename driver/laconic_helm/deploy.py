@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -67,18 +67,29 @@ async def _desired_releases(spec: Spec) -> tuple[releases.DesiredRelease, ...]:
     )
 
 
+async def _together(*work: Coroutine[Any, Any, Any]) -> list[Any]:
+    """Runs reads at once; the first error stops the others before it is raised (gather would
+    leave them to asyncio.run's shutdown, where a cancelled read could wait for ever)."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(w) for w in work]
+    except ExceptionGroup as failed:
+        raise failed.exceptions[0] from None
+    return [t.result() for t in tasks]
+
+
 async def _preflight(spec: Spec, opts: Options) -> Prepared:
     """Checks tools, files, images and the host; raises before any side effect."""
     # Independent reads, at once: a re-run spends most of its time waiting on these processes.
     access = cluster.access_of(spec.cluster)
-    _, helm, desired, state = await asyncio.gather(
+    _, helm, desired, state = await _together(
         preflight.check_tools(spec.cluster),
         connect_helm(kubeconfig=access.kubeconfig, context=access.context),
         _desired_releases(spec),
         cluster.observe_cluster(spec.cluster),
     )
     # The charts' own checks refuse a values mistake now.
-    await asyncio.gather(*(releases.check_renders(helm, release) for release in desired))
+    await _together(*(releases.check_renders(helm, release) for release in desired))
     await preflight.check_host(spec.cluster, state)
     # Planning raises for a cluster we may not touch (not ours, or incompatible).
     cluster.plan_cluster(
