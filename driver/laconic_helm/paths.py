@@ -15,9 +15,20 @@ def state_dir() -> Path:
     return path
 
 
+def private_dir(path: Path) -> None:
+    """Creates folder `path` and each missing folder above it with mode 0700 (`mkdir`'s
+    `parents` would give those the default mode: a listing others could read)."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        folder.mkdir(mode=0o700, exist_ok=True)
+
+
 def write_private(path: Path, data: bytes) -> None:
     """Writes `data` atomically with mode 0600, so a killed run never leaves half a file."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_dir(path.parent)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
