@@ -132,7 +132,7 @@ def runs(deployed: Deployed) -> dict[str, object]:
     client.patch(path, {"immutable": True})
     keys["refused"] = _rotate(deployed, "secrets/refused")
     for output in (False, True):
-        failed = deployed.deployment.run("-v", "deploy", json_output=output)
+        failed = deployed.deployment.run("-v", "deploy", json_output=output, traceback=True)
         assert failed.code == 1, f"exit {failed.code}: {failed.stderr}"
         outputs[f"refused ({'json' if output else 'human'}, -v)"] = failed
     client.delete(path)
@@ -140,7 +140,9 @@ def runs(deployed: Deployed) -> dict[str, object]:
     spec = deployed.deployment.spec
     bad = spec.with_name("bad.yaml")
     bad.write_text(spec.read_text().replace("size: 1Gi", "size: [1Gi]"))
-    refused = dep.Deployment(bad, deployed.cluster, deployed.deployment.env).run("-v", "deploy")
+    refused = dep.Deployment(bad, deployed.cluster, deployed.deployment.env).run(
+        "-v", "deploy", traceback=True
+    )
     assert refused.code == 2, refused.stderr
     outputs["bad input (json, -v)"] = refused
 
@@ -156,8 +158,12 @@ def test_driver_output_and_errors_hold_no_key(runs: dict) -> None:
         name: leaks(run.stdout + run.stderr, runs["keys"]) for name, run in runs["outputs"].items()
     }
     assert all(not v for v in found.values()), found
-    errors = [run.error for run in runs["outputs"].values() if run.code]
-    assert len(errors) == 3 and all(errors)
+    errors = [
+        run.error or run.stderr.strip().splitlines()[-1].removeprefix("error: ")
+        for run in runs["outputs"].values()
+        if run.code
+    ]
+    assert len(errors) == 3 and all(errors), errors  # the errors were there to be looked at
 
 
 def test_state_folder_is_private_and_holds_no_key(deployed: Deployed, runs: dict) -> None:
