@@ -15,6 +15,7 @@ import copy
 import json
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -78,11 +79,14 @@ def _lock_args(pair: int) -> tuple[tuple[str, ...], bool]:
 
 
 @pytest.mark.parametrize("pair", range(PAIRS))
-def test_two_deploys_with_nothing_to_do(deployed: Deployed, pair: int) -> None:
+def test_two_deploys_with_nothing_to_do(
+    deployed: Deployed, pair: int, record_property: Callable[[str, object], None]
+) -> None:
     args, waited = _lock_args(pair)
     before = _no_release_pending(deployed)
     mark = deployed.api.mark()
     runs = _together(deployed.deployment, *args)
+    record_property("exit_codes", sorted(r.code for r in runs))
     _clean(runs, waited=waited)
     assert not any(r.report["changed"] for r in runs if r.code == 0)
     assert deployed.api.writes_since(mark) == []
@@ -90,7 +94,12 @@ def test_two_deploys_with_nothing_to_do(deployed: Deployed, pair: int) -> None:
 
 
 @pytest.mark.parametrize("pair", range(PAIRS_WITH_WORK))
-def test_two_deploys_with_an_upgrade_to_do(deployed: Deployed, pair: int, tmp_path: Path) -> None:
+def test_two_deploys_with_an_upgrade_to_do(
+    deployed: Deployed,
+    pair: int,
+    tmp_path: Path,
+    record_property: Callable[[str, object], None],
+) -> None:
     doc = yaml.safe_load(deployed.deployment.spec.read_text())
     changed = copy.deepcopy(doc)
     agave = next(r for r in changed["releases"] if r["name"] == "agave")
@@ -101,6 +110,7 @@ def test_two_deploys_with_an_upgrade_to_do(deployed: Deployed, pair: int, tmp_pa
     args, waited = _lock_args(pair)
     before = _no_release_pending(deployed)["agave"]
     runs = _together(deployment, *args)
+    record_property("exit_codes", sorted(r.code for r in runs))
     _clean(runs, waited=waited)
     changed = sorted(r.report["changed"] for r in runs if r.code == 0)
     assert changed in ([True], [False, True]), "exactly one run upgrades; a waiter finds it done"
