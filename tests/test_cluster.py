@@ -128,6 +128,18 @@ def test_runtime_class_names_the_containerd_runtime() -> None:
     assert f"runtimes.{rc['handler']}]" in cluster.memlock_containerd_patch()
 
 
+@pytest.mark.unit
+def test_runtime_class_planned_only_when_asked_for_and_missing() -> None:
+    wanted = make_cluster(highMemlock=True)
+    (action,) = cluster.plan_runtime_class(wanted, None)
+    assert action.line() == "cluster: create-runtime-class high-memlock (handler high-memlock)"
+    assert cluster.plan_runtime_class(wanted, cluster.runtime_class_manifest()) == []
+    assert cluster.plan_runtime_class(make_cluster(), None) == []
+    other = {**cluster.runtime_class_manifest(), "handler": "runc"}
+    with pytest.raises(ClusterError, match="RuntimeClass high-memlock: handler 'runc'"):
+        cluster.plan_runtime_class(wanted, other)
+
+
 # -- docker inspect parsing ------------------------------------------------------------------
 
 

@@ -47,6 +47,9 @@ def deployment(
     doc = d.full_spec(tmp_path, cluster, chart_images, d.make_files(tmp_path / "files", cluster))
     # No claim: this module is about the sequence, not about data (the fault suites are).
     doc["releases"][1]["values"]["volumes"] = {"ledger": {"type": "emptyDir"}}
+    # The runtime agave needs on a real node (the API refuses its pods without the class).
+    doc["cluster"]["highMemlock"] = True
+    doc["releases"][1]["values"]["runtimeClassName"] = "high-memlock"
     spec = d.write_spec(tmp_path, doc)
     env = d.driver_env(kind_cli, tmp_path / "state", helm_bin)
     return Deployment(d.Deployment(spec, cluster, env), chart_images)
@@ -69,6 +72,8 @@ def test_deploy_from_nothing_then_rerun_changes_nothing(
         assert steps["release agave"]["status"] == "changed"
 
         api = kind_cli.api(deployment.cluster)
+        runtime = api.harness.get("/apis/node.k8s.io/v1/runtimeclasses/high-memlock")
+        assert runtime["handler"] == "high-memlock"
         assert _release_status(api, "caddy-system", "caddy-ingress") == ["deployed"]
         assert _release_status(api, "agave", "agave") == ["deployed"]
         node = f"{deployment.cluster}-control-plane"
@@ -90,6 +95,7 @@ def test_plan_and_status_read_only(deployment: Deployment, kind_cli: KindCLI) ->
     code, report, err = deployment.run("plan")
     assert code == 0, err
     assert f"cluster: create-cluster {deployment.cluster}" in " ".join(report["actions"])
+    assert "cluster: create-runtime-class high-memlock (handler high-memlock)" in report["actions"]
     assert kind_cli.clusters().count(deployment.cluster) == 0  # plan created nothing
 
     with kind_cli.kubelets():

@@ -328,7 +328,6 @@ def test_first_deploy_takes_a_laconic_so_cluster_over(
     kind_cli.run(
         "create", "cluster", "--name", cluster, "--config", f"{deployment}/kind-config.yml"
     )
-    laconic_so.write_containerd_patches(cluster, deployment)
     api = kind_cli.api(cluster)
     env = driver_env(kind_cli, tmp_path / "state", helm_bin)
     with kind_cli.kubelets():

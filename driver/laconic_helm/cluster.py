@@ -32,12 +32,14 @@ import yaml
 
 from laconic_helm import __version__, paths, proc
 from laconic_helm.errors import ClusterError, CommandError, UserError
+from laconic_helm.kube import ObjectRef
 from laconic_helm.plan import Action
 from laconic_helm.tools import tool_path
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
+    from laconic_helm.kube import Kube
     from laconic_helm.spec import Cluster
 
 log = logging.getLogger(__name__)
@@ -183,6 +185,41 @@ def runtime_class_manifest() -> dict[str, Any]:
         },
         "handler": MEMLOCK_RUNTIME,
     }
+
+
+def _runtime_class_ref() -> ObjectRef:
+    return ObjectRef("node.k8s.io/v1", "RuntimeClass", MEMLOCK_RUNTIME, None)
+
+
+async def observe_runtime_class(k: Kube) -> dict[str, Any] | None:
+    """Returns the live high-memlock RuntimeClass, or None when there is none."""
+    return await k.get_object(_runtime_class_ref())
+
+
+def plan_runtime_class(cluster: Cluster, live: dict[str, Any] | None) -> list[Action]:
+    """Pods ask for the high-memlock runtime by this RuntimeClass; the API refuses a pod that
+    names one that does not exist. One with another handler would run them elsewhere: refused."""
+    if not cluster.high_memlock:
+        return []
+    if live is None:
+        return [Action(STEP, "create-runtime-class", MEMLOCK_RUNTIME, f"handler {MEMLOCK_RUNTIME}")]
+    if live.get("handler") != MEMLOCK_RUNTIME:
+        raise ClusterError(
+            f"RuntimeClass {MEMLOCK_RUNTIME}: handler {live.get('handler')!r}, expected "
+            f"{MEMLOCK_RUNTIME!r}; it was not made by this tool (a handler cannot be changed)"
+        )
+    return []
+
+
+async def ensure_runtime_class(cluster: Cluster, k: Kube) -> list[Action]:
+    """Creates the high-memlock RuntimeClass when the spec asks for the runtime and it is
+    missing; a re-run only reads it."""
+    if not cluster.high_memlock:
+        return []
+    actions = plan_runtime_class(cluster, await observe_runtime_class(k))
+    if actions:
+        await k.create_object(_runtime_class_ref(), runtime_class_manifest())
+    return actions
 
 
 def kind_config(cluster: Cluster, *, memlock_spec: Path | None = None) -> dict[str, Any]:

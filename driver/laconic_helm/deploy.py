@@ -169,14 +169,15 @@ async def deploy(spec: Spec, reporter: Reporter, opts: Options) -> dict[str, Any
                 adopt=opts.adopt_cluster,
                 state=prepared.cluster_state,
             )
-            actions = [a.line() for a in result.actions]
-            rec.done("changed" if result.changed else "ok", "; ".join(actions), actions=actions)
+            k, h = await _connect(result.access, prepared.helm)
+            made = [*result.actions, *await cluster.ensure_runtime_class(spec.cluster, k)]
+            actions = [a.line() for a in made]
+            rec.done("changed" if made else "ok", "; ".join(actions), actions=actions)
 
         if spec.images and _uses_kind(spec):
             current.append("images")
             await images.ensure_images(spec.cluster.name, spec.images, reporter)
 
-        k, h = await _connect(result.access, prepared.helm)
         for release, desired in zip(spec.releases, prepared.desired, strict=True):
             current.append(f"release {desired.name}")
             with reporter.step(f"release {desired.name}") as rec:
@@ -224,6 +225,9 @@ async def plan(spec: Spec, reporter: Reporter, opts: Options) -> dict[str, Any]:
     if reachable:
         access = await cluster.ensure_kubeconfig(spec.cluster, state)
         k, h = await _connect(access, prepared.helm)
+        if spec.cluster.high_memlock:
+            live = await cluster.observe_runtime_class(k)
+            lines += [a.line() for a in cluster.plan_runtime_class(spec.cluster, live)]
         for release, desired in zip(spec.releases, prepared.desired, strict=True):
             observed = await releases.observe_release(k, h, desired)
             actions = [
@@ -233,6 +237,7 @@ async def plan(spec: Spec, reporter: Reporter, opts: Options) -> dict[str, Any]:
             ]
             lines += [a.line() for a in actions if a.verb != "up-to-date"]
     else:
+        lines += [a.line() for a in cluster.plan_runtime_class(spec.cluster, None)]
         lines += [f"release/{d.name}: install {d.target}" for d in prepared.desired]
     for line in lines or ["nothing to do: the deployment matches the spec"]:
         reporter.line(line)

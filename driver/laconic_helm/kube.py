@@ -290,6 +290,20 @@ class Kube:
         path = await self._path(ref)
         return None if path is None else await self._get(path)
 
+    async def create_object(self, ref: ObjectRef, body: Mapping[str, Any]) -> bool:
+        """Creates the object unless it exists; returns whether it was created."""
+        path = await self._path(ref)
+        if path is None:
+            raise ClusterError(f"{ref}: the API does not serve {ref.api_version} {ref.kind}")
+        status, _ = await self._request(
+            "POST",
+            path.rpartition("/")[0],
+            query={"fieldManager": FIELD_MANAGER},
+            body=dict(body),
+            allow=(409,),  # created by someone else since the read: just as good
+        )
+        return status != 409
+
     async def stamp_owner(self, ref: ObjectRef, release: str, namespace: str, version: str) -> None:
         """Gives the object Helm's ownership metadata for `release` so Helm adopts it.
 

@@ -272,6 +272,7 @@ def _create(args: argparse.Namespace) -> None:
             nodes.start_node(name, spec, image)
         for spec in specs:
             nodes.wait_ready(spec.name)
+            _write_containerd_config(spec.name, config.containerd_patches)
         _log(args, " ✓ Preparing nodes " + "📦 " * len(specs))
         _log(args, " ✓ Writing configuration 📜")
         client = _wait_for_api(specs[0].name, files, api_port, config.api_server_address)
@@ -291,6 +292,19 @@ def _create(args: argparse.Namespace) -> None:
     _log(args, f'Set kubectl context to "{_context(name)}"')
     _log(args, "You can now use your cluster with:\n")
     _log(args, f"kubectl cluster-info --context {_context(name)}")
+
+
+def _write_containerd_config(node: str, patches: Sequence[str]) -> None:
+    """Puts the config's containerdConfigPatches in the node's /etc/containerd/config.toml,
+    where kind merges them; the running containerd is not restarted, so they are only read
+    (by whoever checks the node's runtimes), never applied."""
+    if not patches:
+        return
+    nodes.docker(
+        "exec", "-i", node, "busybox", "sh", "-c",
+        "busybox mkdir -p /etc/containerd && busybox cat > /etc/containerd/config.toml",
+        input=("\n".join(patches) + "\n").encode(),
+    )  # fmt: skip
 
 
 def _wait_for_api(plane: str, files: dict[str, bytes], port: int, address: str) -> Client:

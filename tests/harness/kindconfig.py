@@ -82,6 +82,7 @@ class ClusterConfig:
     kubeadm_patches: tuple[str, ...] = ()
     api_server_address: str = "127.0.0.1"
     api_server_port: int = 0
+    containerd_patches: tuple[str, ...] = ()
 
 
 def _check_fields(node: yaml.Node, type_name: str) -> list[str]:
@@ -166,6 +167,7 @@ def parse(text: str, base: Path | None = None) -> ClusterConfig:
         kubeadm_patches=tuple(head.get("kubeadmConfigPatches") or []),
         api_server_address=str(networking.get("apiServerAddress") or "127.0.0.1"),
         api_server_port=int(networking.get("apiServerPort") or 0),
+        containerd_patches=tuple(head.get("containerdConfigPatches") or []),
     )
 
 

@@ -110,20 +110,6 @@ def stage_on_standin(tmp_path: Path, cluster: str, agave_image: str) -> Path:
     return deployment
 
 
-def write_containerd_patches(cluster: str, deployment: Path) -> None:
-    """Writes kind-config.yml's containerdConfigPatches into the control-plane node's
-    /etc/containerd/config.toml, where kind merges them (the stand-in accepts and ignores
-    them): the high-memlock runtime is then configured as laconic-helm checks it. Its
-    containerd, already running, is not reloaded."""
-    config = yaml.safe_load((deployment / "kind-config.yml").read_text())
-    text = "\n".join(config.get("containerdConfigPatches") or []) + "\n"
-    nodes.docker(
-        "exec", "-i", f"{cluster}-control-plane", "busybox", "sh", "-c",
-        "busybox mkdir -p /etc/containerd && busybox cat > /etc/containerd/config.toml",
-        input=text.encode(),
-    )  # fmt: skip
-
-
 def data_folders(deployment: Path) -> list[Path]:
     """The host folders of the agave node's volumes (spec.yml `volumes` of validator-*)."""
     volumes = yaml.safe_load((deployment / "spec.yml").read_text())["volumes"]
