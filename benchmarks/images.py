@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "driver"))
 
-from tests.harness import nodes  # noqa: E402
+from tests.harness import imagebuild, nodes  # noqa: E402
 
 MiB = 1 << 20
 IMPORT = [
@@ -77,18 +77,9 @@ def build(ref: str, files: dict[str, int], work: Path, base: str | None = None) 
     """Builds `ref` FROM `base` (or scratch) with one COPY layer per random file."""
     context = work / uuid.uuid4().hex
     context.mkdir()
-    lines = [f"FROM {base or 'scratch'}"]
     for name, size in files.items():
         random_file(context / name, size)
-        lines.append(f"COPY {name} /{name}")
-    (context / "Dockerfile").write_text("\n".join(lines) + "\n")
-    subprocess.run(
-        ["docker", "build", "-q", "-t", ref, str(context)],
-        env={**os.environ, "DOCKER_BUILDKIT": "0"},
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    subprocess.run(["rm", "-rf", str(context)], check=True)
+    imagebuild.build(ref, context, list(files), base)
     return ref
 
 

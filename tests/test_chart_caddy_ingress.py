@@ -34,6 +34,7 @@ from tests.charts_support import (
     values_documentation_gaps,
     workload,
 )
+from tests.harness.laconic_so import CADDY_OBJECTS
 
 if TYPE_CHECKING:
     from tests.harness.api import KubeAPI
@@ -167,16 +168,7 @@ def test_controller_serves_the_class_it_creates(helm_bin: str) -> None:
 def test_adoption_overlay_renders_laconic_so_names(helm_bin: str) -> None:
     docs = render(helm_bin, ADOPT, release="caddy-ingress", namespace="caddy-system")
     names = {(d["kind"], d["metadata"]["name"]) for d in docs if d["kind"] != "Pod"}
-    laconic_so = {
-        ("ServiceAccount", "caddy-ingress-controller"),
-        ("ClusterRole", "caddy-ingress-controller"),
-        ("ClusterRoleBinding", "caddy-ingress-controller"),
-        ("ConfigMap", "caddy-ingress-controller-configmap"),
-        ("Service", "caddy-ingress-controller"),
-        ("Deployment", "caddy-ingress-controller"),
-        ("IngressClass", "caddy"),
-    }
-    assert laconic_so <= names
+    assert names >= CADDY_OBJECTS
     # A Deployment's selector cannot change, so adoption needs laconic-so's exactly.
     assert workload(docs)["spec"]["selector"]["matchLabels"] == {
         "app.kubernetes.io/name": "caddy-ingress-controller",

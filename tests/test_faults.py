@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -38,7 +37,7 @@ import yaml
 from laconic_helm import images as image_loader
 from laconic_helm import releases
 from laconic_helm import spec as spec_model
-from tests.conftest import IN_CI
+from tests.conftest import helm_binary
 from tests.harness import deployment as dep
 from tests.harness import injection as inj
 from tests.harness import nodes, standin
@@ -55,7 +54,6 @@ NAMESPACES = {CADDY: dep.CADDY_NAMESPACE, AGAVE: dep.AGAVE_NAMESPACE}
 LAYERS = ((2 << 20, 2 << 20), (4 << 20, 36 << 20, 4 << 20))
 STREAM_BYTES = sum(sum(sizes) for sizes in LAYERS)
 INTERRUPTED_WAIT = 90.0  # seconds an interrupted run may take to stop (helm's grace included)
-HELM_MAJORS = {4: "helm", 3: "helm3"}
 
 
 # --- the world: one cluster reused by the trials, put into each starting state ------------------
@@ -92,22 +90,12 @@ class World:
         return self.api.harness
 
     def deployment(self, variant: str, major: int) -> dep.Deployment:
-        env = dep.driver_env(self.kind, self.root / "state", _helm(major))
+        env = dep.driver_env(self.kind, self.root / "state", helm_binary(major))
         return dep.Deployment(self.specs[variant], self.cluster, env)
 
     def kubelet(self) -> Kubelet:
         """The kubelet stand-in for this cluster, to run as a context manager."""
         return Kubelet(self.client, standin.has_image)
-
-
-def _helm(major: int) -> str:
-    path = shutil.which(HELM_MAJORS[major])
-    if path is None:
-        why = f"helm {major} is not provisioned"
-        if IN_CI:
-            pytest.fail(why, pytrace=False)
-        pytest.skip(why)
-    return path
 
 
 def _variants(world: World) -> dict[str, dict[str, Any]]:
@@ -298,7 +286,7 @@ def _leave_uninstalling(world: World, major: int) -> None:
     held = f"/api/v1/namespaces/{dep.AGAVE_NAMESPACE}/configmaps/agave-scripts"
     world.client.patch(held, {"metadata": {"finalizers": ["laconic-helm.test/hold"]}})
     argv = [
-        _helm(major), "uninstall", AGAVE, "--namespace", dep.AGAVE_NAMESPACE, "--wait",
+        helm_binary(major), "uninstall", AGAVE, "--namespace", dep.AGAVE_NAMESPACE, "--wait",
         "--kubeconfig", str(world.root / "state" / "clusters" / world.cluster / "kubeconfig"),
         "--kube-context", f"kind-{world.cluster}",
     ]  # fmt: skip
@@ -322,7 +310,7 @@ def _leave_laconic_so_objects(world: World) -> None:
     """What laconic-so's create-only install of Caddy leaves: the objects with the names the
     adopt overlay gives, without Helm's ownership metadata."""
     argv = [
-        _helm(4), "template", CADDY, str(dep.REPO / "charts" / "caddy-ingress"),
+        helm_binary(4), "template", CADDY, str(dep.REPO / "charts" / "caddy-ingress"),
         "--namespace", dep.CADDY_NAMESPACE,
         "-f", str(dep.REPO / "values" / "caddy-ingress" / "kind.yaml"),
         "-f", str(dep.REPO / "values" / "caddy-ingress" / "laconic-so-adopt.yaml"),

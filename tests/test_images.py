@@ -27,7 +27,7 @@ from laconic_helm import images, proc
 from laconic_helm.archive import LegacyLayers, PipeWriter, TarReader, TarWriter, chain_ids
 from laconic_helm.cli import main
 from laconic_helm.output import Reporter
-from tests.harness import nodes
+from tests.harness import imagebuild, nodes
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
@@ -333,17 +333,9 @@ class Builder:
         ref = f"{self.repo}/{tag}"
         context = self.root / uuid.uuid4().hex
         context.mkdir()
-        lines = [f"FROM {base or 'scratch'}"]
         for name, data in files.items():
             (context / name).write_bytes(data)
-            lines.append(f"COPY {name} /{name}")
-        (context / "Dockerfile").write_text("\n".join(lines) + "\n")
-        subprocess.run(
-            ["docker", "build", "-q", "-t", ref, str(context)],
-            env={**os.environ, "DOCKER_BUILDKIT": "0"},
-            capture_output=True,
-            check=True,
-        )
+        imagebuild.build(ref, context, list(files), base)
         self.built.append(ref)
         return ref
 

@@ -20,20 +20,11 @@ from laconic_helm.cli import main
 from laconic_helm.errors import EXIT_BAD_INPUT, UserError
 from laconic_helm.spec import Retire, Spec, data_dir, load_spec
 from tests.charts_support import CHARTS, KUBE_VERSION, schema_errors
-from tests.harness.laconic_so import stage
+from tests.harness.laconic_so import CADDY_OBJECTS, stage
 
 CLUSTER = "laconic-70ce4c4b47e23b85"
 NAMESPACE = f"laconic-{CLUSTER}"  # laconic-so's app namespace before deployment ids existed
 APP = CLUSTER
-LACONIC_CADDY = {  # every object laconic-so's Caddy install creates, by kind and name
-    ("ServiceAccount", "caddy-ingress-controller"),
-    ("ClusterRole", "caddy-ingress-controller"),
-    ("ClusterRoleBinding", "caddy-ingress-controller"),
-    ("ConfigMap", "caddy-ingress-controller-configmap"),
-    ("Service", "caddy-ingress-controller"),
-    ("Deployment", "caddy-ingress-controller"),
-    ("IngressClass", "caddy"),
-}
 
 
 def set_env(deployment: Path, **values: str) -> None:
@@ -410,7 +401,7 @@ def test_takeover_names_the_laconic_so_objects_to_adopt_remove_and_keep(tmp_path
     _, report = imported(tmp_path)
     t = report["takeover"]
     assert t["appNamespace"] == NAMESPACE and t["appSelector"] == f"app={APP}"
-    assert {(o["kind"], o["name"]) for o in t["adoptIntoCaddyRelease"]} == LACONIC_CADDY
+    assert {(o["kind"], o["name"]) for o in t["adoptIntoCaddyRelease"]} == CADDY_OBJECTS
     removed = {(o["kind"], o["name"]) for o in t["removeAfterAgaveDeployment"]}
     assert ("Deployment", f"{APP}-agave-deployment") in removed
     assert ("Ingress", f"{APP}-ingress") in removed
@@ -697,7 +688,7 @@ def test_imported_values_pass_the_schemas_and_render(
         assert schema_errors(docs) == []
         if release.name == "caddy-ingress":
             rendered = {(d["kind"], d["metadata"]["name"]) for d in docs}
-            assert rendered >= LACONIC_CADDY
+            assert rendered >= CADDY_OBJECTS
         else:
             deployment = next(d for d in docs if d["kind"] == "Deployment")
             pod = deployment["spec"]["template"]["spec"]

@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from tests.harness import nodes, standin
+from tests.harness import imagebuild, nodes, standin
 from tests.harness.api import KubeAPI
 from tests.harness.client import ApiError, Client
 from tests.harness.fixtures import STANDIN_BIN, KindCLI, _owned_clusters
@@ -44,25 +44,13 @@ def free_port() -> int:
 
 
 def build_image(ref: str, layers: Sequence[bytes], workdir: Path) -> str:
-    """Builds `ref` offline, one layer per element of `layers` (legacy builder, FROM scratch),
-    and returns its image ID."""
+    """Builds `ref` offline, one layer per element of `layers`; returns its image ID."""
     context = workdir / uuid.uuid4().hex
     context.mkdir(parents=True)
-    lines = ["FROM scratch"]
-    for i, data in enumerate(layers):
-        (context / f"layer{i}").write_bytes(data)
-        lines.append(f"COPY layer{i} /layer{i}")
-    (context / "Dockerfile").write_text("\n".join(lines) + "\n")
-    subprocess.run(
-        ["docker", "build", "-q", "-t", ref, str(context)],
-        env={**os.environ, "DOCKER_BUILDKIT": "0"},
-        capture_output=True,
-        check=True,
-    )
-    for path in context.iterdir():
-        path.unlink()
-    context.rmdir()
-    return nodes.docker("image", "inspect", "--format", "{{.Id}}", ref).strip()
+    names = [f"layer{i}" for i in range(len(layers))]
+    for name, data in zip(names, layers, strict=True):
+        (context / name).write_bytes(data)
+    return imagebuild.build(ref, context, names)
 
 
 def random_bytes(seed: str, size: int) -> bytes:
@@ -450,7 +438,6 @@ def kubelet_for(cluster: str) -> Iterator[None]:
     """Runs the kubelet stand-in for stand-in cluster `cluster` while the block runs, following
     it when it is made, or deleted and made again, meanwhile (a new control-plane container
     gets a new kubelet)."""
-    stop = threading.Event()
     current: dict[str, Kubelet] = {}  # control-plane container ID -> its kubelet
 
     def plane_id() -> str | None:
@@ -460,29 +447,14 @@ def kubelet_for(cluster: str) -> Iterator[None]:
         found = nodes.docker("inspect", "--format", "{{.Id}}", planes[0], check=False).strip()
         return found or None
 
-    def follow() -> None:
-        while not stop.is_set():
-            now = plane_id()
-            for old in [i for i in current if i != now]:
-                current.pop(old).stop()
-            if now is not None and now not in current:
-                try:
-                    client = Client(
-                        standin.credentials(standin.control_planes(cluster)[0], "harness")
-                    )
-                except (IndexError, RuntimeError):
-                    client = None  # still being made
-                if client is not None and client.ready():
-                    current[now] = Kubelet(client, standin.has_image)
-                    current[now].start()
-            stop.wait(0.5)
+    def poll() -> None:
+        now = plane_id()
+        for old in [i for i in current if i != now]:
+            current.pop(old).stop()
+        if now is not None and now not in current:
+            kubelet = standin.start_kubelet(cluster)
+            if kubelet is not None:
+                current[now] = kubelet
 
-    watcher = threading.Thread(target=follow, name=f"kubelet-{cluster}", daemon=True)
-    watcher.start()
-    try:
+    with standin.kubelets_while(poll, current, f"kubelet-{cluster}"):
         yield
-    finally:
-        stop.set()
-        watcher.join(timeout=30)
-        for one in current.values():
-            one.stop()

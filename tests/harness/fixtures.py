@@ -18,7 +18,6 @@ import contextlib
 import os
 import shutil
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -230,31 +229,16 @@ class KindCLI:
         if not self.standin:
             yield
             return
-        stop = threading.Event()
         running: dict[str, Kubelet] = {}
 
-        def watch() -> None:
-            while not stop.is_set():
-                for cluster in _owned_clusters() - running.keys():
-                    try:
-                        plane = standin.control_planes(cluster)[0]
-                        harness = Client(standin.credentials(plane, "harness"))
-                    except (IndexError, RuntimeError):
-                        continue  # still being created
-                    if harness.ready():
-                        running[cluster] = Kubelet(harness, standin.has_image)
-                        running[cluster].start()
-                stop.wait(0.5)
+        def poll() -> None:
+            for cluster in _owned_clusters() - running.keys():
+                kubelet = standin.start_kubelet(cluster)
+                if kubelet is not None:
+                    running[cluster] = kubelet
 
-        watcher = threading.Thread(target=watch, name="kubelet-fleet", daemon=True)
-        watcher.start()
-        try:
+        with standin.kubelets_while(poll, running, "kubelet-fleet"):
             yield
-        finally:
-            stop.set()
-            watcher.join(timeout=30)
-            for one in running.values():
-                one.stop()
 
 
 @pytest.fixture(

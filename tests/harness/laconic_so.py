@@ -31,6 +31,15 @@ CADDY_NAMESPACE = "caddy-system"
 CADDY_NAME = "caddy-ingress-controller"
 CADDY_LABELS = {"app.kubernetes.io/name": CADDY_NAME, "app.kubernetes.io/instance": "caddy-ingress"}
 CADDY_POD_LABELS = {**CADDY_LABELS, "app.kubernetes.io/component": "controller"}
+CADDY_OBJECTS = {  # every object laconic-so's Caddy install creates, by kind and name
+    ("ServiceAccount", CADDY_NAME),
+    ("ClusterRole", CADDY_NAME),
+    ("ClusterRoleBinding", CADDY_NAME),
+    ("ConfigMap", f"{CADDY_NAME}-configmap"),
+    ("Service", CADDY_NAME),
+    ("Deployment", CADDY_NAME),
+    ("IngressClass", "caddy"),
+}
 BACKUP_NAME = "caddy-cert-backup"
 BACKUP_LABELS = {
     "app.kubernetes.io/name": BACKUP_NAME,

@@ -1,17 +1,21 @@
 """What the harness reads from a kind stand-in cluster's nodes: the API's endpoint and
 credentials (the stand-in left them in the control-plane node, where kubeadm keeps them), its
-audit log, and which images each node's containerd holds."""
+audit log, and which images each node's containerd holds; and the kubelet stand-ins that play
+the clusters' kubelets."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
+import threading
+from collections.abc import Callable, Iterator, MutableMapping
 from pathlib import Path
 
 from tests.harness import controlplane, nodes
 from tests.harness.api import KubeAPI
 from tests.harness.audit import AuditLog
 from tests.harness.client import Client, Credentials
-from tests.harness.kubelet import normalize_image
+from tests.harness.kubelet import Kubelet, normalize_image
 
 
 def control_planes(cluster: str) -> list[str]:
@@ -83,3 +87,40 @@ def cluster_api(cluster: str, kubeconfig: Path) -> KubeAPI:
         audit=AuditLog(harness, lambda offset: read_node_file(plane, log, offset)),
         has_image=has_image,
     )
+
+
+def start_kubelet(cluster: str) -> Kubelet | None:
+    """A running kubelet stand-in for `cluster`, or None while its API is still being made."""
+    try:
+        client = Client(credentials(control_planes(cluster)[0], "harness"))
+    except (IndexError, RuntimeError):
+        return None
+    if not client.ready():
+        return None
+    kubelet = Kubelet(client, has_image)
+    kubelet.start()
+    return kubelet
+
+
+@contextlib.contextmanager
+def kubelets_while(
+    poll: Callable[[], None], running: MutableMapping[str, Kubelet], name: str
+) -> Iterator[None]:
+    """Calls `poll` (which starts kubelets into `running`) twice a second in a thread while
+    the block runs; then stops every kubelet in `running`."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            poll()
+            stop.wait(0.5)
+
+    watcher = threading.Thread(target=loop, name=name, daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        watcher.join(timeout=30)
+        for one in running.values():
+            one.stop()

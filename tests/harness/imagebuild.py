@@ -1,0 +1,34 @@
+"""Images built offline for tests and benchmarks: Docker's legacy builder, FROM scratch (or a
+base built the same way), one COPY layer per file, so a test decides exactly which layers
+two images share and how large each is."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def build(ref: str, context: Path, layers: Sequence[str], base: str | None = None) -> str:
+    """Builds `ref` from the files named `layers` (in that order) already written in
+    `context`, removes `context`, and returns the image ID."""
+    lines = [f"FROM {base or 'scratch'}", *(f"COPY {name} /{name}" for name in layers)]
+    (context / "Dockerfile").write_text("\n".join(lines) + "\n")
+    try:
+        subprocess.run(
+            ["docker", "build", "-q", "-t", ref, str(context)],
+            env={**os.environ, "DOCKER_BUILDKIT": "0"},
+            capture_output=True,
+            check=True,
+        )
+    finally:
+        shutil.rmtree(context, ignore_errors=True)
+    done = subprocess.run(
+        ["docker", "image", "inspect", "--format", "{{.Id}}", ref],
+        capture_output=True,
+        check=True,
+        text=True,
+    )
+    return done.stdout.strip()
