@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import textwrap
@@ -97,3 +98,19 @@ def test_lock_file_is_private(state: Path) -> None:
     asyncio.run(once())
     assert (state / "locks" / "lab.lock").stat().st_mode & 0o077 == 0
     assert state.stat().st_mode & 0o077 == 0
+
+
+def test_images_load_waits_for_a_deploy_of_its_cluster(state: Path, tmp_path: Path) -> None:
+    # Concurrent loads into one node could drop each other's protection of half-sent layers.
+    holder = _holder(state, tmp_path / "ready")
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "laconic_helm", "--output", "json", "images", "load",
+             "--cluster", "lab", "--lock-wait", "0", "busybox:latest"],
+            capture_output=True, text=True, check=False, timeout=60,
+        )  # fmt: skip
+    finally:
+        holder.kill()
+        holder.wait()
+    assert done.returncode == EXIT_LOCKED, done.stderr
+    assert f"pid {holder.pid}" in json.loads(done.stdout)["error"]

@@ -100,16 +100,32 @@ def images() -> None:
     """Moves local Docker images into a kind cluster's nodes."""
 
 
+def _lock_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--lock-wait",
+        type=click.FloatRange(min=0),
+        default=60.0,
+        show_default=True,
+        help="Seconds to wait while another run holds this deployment's lock (then exit 4).",
+    )(command)
+
+
 @images.command("load")
 @click.option("--cluster", required=True, help="kind cluster name (its nodes are found by label).")
+@_lock_option
 @click.argument("image", nargs=-1, required=True)
 @click.pass_obj
-def images_load(app: App, cluster: str, image: tuple[str, ...]) -> None:
-    """Loads IMAGEs into every node of the cluster, sending only what a node lacks."""
+def images_load(app: App, cluster: str, lock_wait: float, image: tuple[str, ...]) -> None:
+    """Loads IMAGEs into every node of the cluster, sending only what a node lacks.
+
+    It takes the cluster's deployment lock, so it never runs beside a deploy or another load
+    (a load in progress protects its half-sent layers from containerd's garbage collector)."""
     from laconic_helm import images as loader
+    from laconic_helm import lock
 
     async def work() -> dict[str, Any]:
-        results = await loader.ensure_images(cluster, image, app.reporter)
+        async with lock.deployment_lock(cluster, wait=lock_wait):
+            results = await loader.ensure_images(cluster, image, app.reporter)
         return {"images": [r.as_dict() for r in results]}
 
     _run(app, work)
@@ -124,16 +140,6 @@ def _spec_option(command: Callable[..., Any]) -> Callable[..., Any]:
         envvar="LACONIC_HELM_SPEC",
         help="Deployment spec (env LACONIC_HELM_SPEC). Default: ./deployment.yaml if present, "
         "else the built-in default (Caddy + agave test node on kind cluster laconic-local).",
-    )(command)
-
-
-def _lock_option(command: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--lock-wait",
-        type=click.FloatRange(min=0),
-        default=60.0,
-        show_default=True,
-        help="Seconds to wait while another run holds this deployment's lock (then exit 4).",
     )(command)
 
 
