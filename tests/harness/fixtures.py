@@ -33,8 +33,12 @@ from tests.harness.client import Client
 from tests.harness.kubelet import Kubelet, NodeInfo, kind_node_labels, register_node
 
 # Nodes made by this session, by the kind stand-in included, carry this pid; a later session
-# removes them if this one was killed before its teardown.
-os.environ.setdefault(nodes.OWNER_ENV, str(os.getpid()))
+# removes them if this one was killed before its teardown. Each xdist worker is a session of
+# its own (it inherits the controller's variable, and must not follow the controller's nodes).
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ[nodes.OWNER_ENV] = str(os.getpid())
+else:
+    os.environ.setdefault(nodes.OWNER_ENV, str(os.getpid()))
 
 STANDIN_BIN = Path(__file__).resolve().parent / "bin"
 STANDIN_NODE = "standin-control-plane"
