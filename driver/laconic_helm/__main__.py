@@ -9,7 +9,10 @@ def run() -> None:
     interrupt.hold()
     from laconic_helm.cli import main
 
-    main()
+    try:
+        main()
+    finally:
+        interrupt.settle()
 
 
 if __name__ == "__main__":

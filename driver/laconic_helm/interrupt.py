@@ -6,7 +6,8 @@ which asks it to stop (helm then records `failed`, never pending) before the tas
 Outside the work (while the command line is read, and while the report is written) `hold()`
 makes the two signals be remembered instead of acted on: one that came before the work stops
 the run before it touches anything (exit 3), one that came after leaves the outcome as it was,
-so a signal never turns into a traceback, click's `Aborted!` or a half-written report.
+so a signal never turns into a traceback, click's `Aborted!` or a half-written report. Once the
+outcome is reported, `settle()` blocks them until the process has exited.
 """
 
 from __future__ import annotations
@@ -48,6 +49,16 @@ def hold() -> bool:
     return True
 
 
+def settle() -> None:
+    """Blocks SIGINT and SIGTERM for the rest of the process, once its outcome is reported.
+
+    The interpreter's shutdown puts the default handlers back before the process ends; a
+    signal then would turn a finished run's exit code into death by that signal. Blocked, it
+    stays pending and goes with the process.
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+
+
 def release() -> None:
     """Gives SIGINT and SIGTERM back the handlers they had before `hold()`."""
     for sig, handler in _original.items():
@@ -61,17 +72,18 @@ async def _main(coro: Coroutine[Any, Any, T]) -> T:
     import contextlib
 
     loop = asyncio.get_running_loop()
-    before = {sig: signal.getsignal(sig) for sig in SIGNALS}
     received: list[str] = []
 
-    def on_signal(sig: signal.Signals) -> None:
-        received.append(sig.name)
+    # Plain handlers, swapped in and out in one step each. asyncio's own (add_signal_handler)
+    # put Python's default handler back when removed, and a signal in that moment, as the work
+    # ends, killed the run with a KeyboardInterrupt instead of leaving its outcome.
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        received.append(signal.Signals(signum).name)
         if len(received) == 1:  # a second signal must not cut the children's clean stop short
-            task.cancel()
+            loop.call_soon_threadsafe(task.cancel)
 
     task = asyncio.ensure_future(coro)
-    for sig in SIGNALS:
-        loop.add_signal_handler(sig, on_signal, sig)
+    before = {sig: signal.signal(sig, on_signal) for sig in SIGNALS}
     try:
         if _held:  # it came while the command line was read: the work never starts
             task.cancel()
@@ -86,10 +98,9 @@ async def _main(coro: Coroutine[Any, Any, T]) -> T:
             raise Interrupted(f"stopped by {received[0]}; re-run to continue") from None
         raise
     finally:
-        for sig in SIGNALS:
-            loop.remove_signal_handler(sig)
-            if before[sig] is not None:
-                signal.signal(sig, before[sig])  # e.g. held again while the report is written
+        for sig, handler in before.items():
+            if handler is not None:
+                signal.signal(sig, handler)  # e.g. held again while the report is written
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
