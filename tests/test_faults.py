@@ -12,10 +12,10 @@ deploy's inventory), no claim or volume deleted, the host data untouched, no chi
 
 CI runs a fixed sample covering every kind of point and every signal; the full matrix runs with
 
-    LACONIC_HELM_FAULTS=full python -m pytest -m faults
+    LACONIC_HELM_FAULTS=full python -m pytest -m faults --dist load
 
-and the end of the run prints `fault-injection: <tried> tried, <converged> converged, <failed>
-failed`.
+(--dist load shares the trials between the two workers, each with a world of its own); the
+end of the run prints `fault-injection: <tried> tried, <converged> converged, <failed> failed`.
 """
 
 from __future__ import annotations
