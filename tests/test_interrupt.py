@@ -19,7 +19,7 @@ pytestmark = pytest.mark.unit
 
 
 @pytest.fixture
-def held() -> Iterator[list[tuple[int, Any]]]:
+def held(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[int, Any]]]:
     """Signals held as at the CLI's start-up; yields every handler installed meanwhile."""
     installed: list[tuple[int, Any]] = []
     real = signal.signal
@@ -29,11 +29,11 @@ def held() -> Iterator[list[tuple[int, Any]]]:
         return real(sig, handler)
 
     interrupt.hold()
-    signal.signal = recording  # type: ignore[assignment]
+    monkeypatch.setattr(signal, "signal", recording)
     try:
         yield installed
     finally:
-        signal.signal = real
+        monkeypatch.undo()
         interrupt.release()
 
 
