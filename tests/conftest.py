@@ -1,7 +1,7 @@
 """Shared test setup: finds the provisioned tools, and turns each marker into a requirement.
 
-A test whose tool is missing skips with the reason; under CI (CI=true) every marker except
-`cluster` must run, so a missing tool fails the test instead of hiding behind a skip.
+A test whose tool is missing skips with the reason; under CI (CI=true) every marker must run,
+real kind (`cluster`) included, so a missing tool fails the test instead of hiding behind a skip.
 """
 
 from __future__ import annotations
@@ -54,9 +54,9 @@ def _missing(marker: str) -> str | None:
         ]
         return f"stand-in API binaries not provisioned: {', '.join(absent)}" if absent else None
     if marker == "cluster":
-        if os.environ.get("LACONIC_HELM_E2E") != "1":
-            return "real-kind tests run only with LACONIC_HELM_E2E=1 (kind needs privileged Docker)"
-        return None if shutil.which("kind") else "kind not found"
+        from tests.harness import realkind
+
+        return realkind.missing()
     return None
 
 
@@ -72,7 +72,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         reason = _requirement_cache[marker]
         if reason is None:
             continue
-        if IN_CI and marker != "cluster":
+        if IN_CI:
             pytest.fail(f"CI must run {marker}-marked tests: {reason}", pytrace=False)
         pytest.skip(reason)
 
@@ -94,14 +94,12 @@ def helm_bin(request: pytest.FixtureRequest) -> str:
     return helm_binary(request.param)
 
 
-_REQUIRED_IN_CI = {"helm", "docker", "apiserver"}
+_REQUIRED_IN_CI = {"helm", "docker", "apiserver", "cluster"}
 _skipped_required: list[str] = []
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    # The real-kind variant of a test carries its markers too; only `cluster` may skip.
-    keywords = set(report.keywords)
-    if report.skipped and "cluster" not in keywords and _REQUIRED_IN_CI & keywords:
+    if report.skipped and _REQUIRED_IN_CI & set(report.keywords):
         _skipped_required.append(report.nodeid)
 
 
@@ -113,7 +111,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if IN_CI and _skipped_required:
         terminalreporter.write_line(
-            f"CI requires helm/docker/apiserver tests to run; {len(_skipped_required)} skipped:",
+            f"CI requires helm/docker/apiserver/cluster tests to run; "
+            f"{len(_skipped_required)} skipped:",
             red=True,
         )
         for nodeid in _skipped_required:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -12,10 +13,13 @@ from pathlib import Path
 import pytest
 
 from laconic_helm.tools import helm_major_minor
+from tests.harness import realkind
 
 
-def _doctor(path_dirs: list[Path], *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PATH": os.pathsep.join(map(str, path_dirs))}
+def _doctor(
+    path_dirs: list[Path], *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**(env or os.environ), "PATH": os.pathsep.join(map(str, path_dirs))}
     env.pop("LACONIC_HELM_KIND", None)
     return subprocess.run(
         [sys.executable, "-m", "laconic_helm", *args, "doctor"],
@@ -71,10 +75,43 @@ def test_doctor_json_is_one_object(tmp_path: Path) -> None:
     assert tools["docker"]["ok"] is True
 
 
-@pytest.mark.docker
+def _kernel_withholds_sys_resource() -> bool:
+    """Whether this host's kernel keeps CAP_SYS_RESOURCE (bit 24) from every process, the
+    Docker daemon's runc included: then a plain daemon cannot start privileged containers."""
+    status = Path("/proc/self/status").read_text()
+    bounding = int(re.search(r"CapBnd:\s*([0-9a-f]+)", status)[1], 16)
+    return not bounding & (1 << 24)
+
+
+@pytest.mark.cluster
 @pytest.mark.helm
-def test_doctor_passes_when_every_required_tool_is_there(tmp_path: Path) -> None:
+def test_doctor_passes_when_every_tool_works_and_kind_can_run_nodes(tmp_path: Path) -> None:
     folder = _bin_with(tmp_path, docker="docker", helm="helm", kind="kind")
-    done = _doctor([folder, Path(sys.executable).parent])
+    done = _doctor([folder, Path(sys.executable).parent], env=realkind.docker_env())
     assert done.returncode == 0, done.stderr
     assert "✓ helm v4." in done.stderr
+    assert "✓ kind v0." in done.stderr
+    assert "✓ privileged containers: allowed" in done.stderr
+
+
+@pytest.mark.docker
+@pytest.mark.helm
+def test_doctor_says_kind_cannot_create_a_cluster_where_privileged_containers_fail(
+    tmp_path: Path,
+) -> None:
+    folder = _bin_with(tmp_path, docker="docker", helm="helm", kind="kind")
+    env = {k: v for k, v in os.environ.items() if k != "DOCKER_HOST"}  # the host's own daemon
+    done = _doctor([folder, Path(sys.executable).parent], "--output", "json", env=env)
+    tools = {t["name"]: t for t in json.loads(done.stdout)["tools"]}
+    assert tools["docker"]["ok"] is True
+    if not _kernel_withholds_sys_resource():
+        assert tools["privileged containers"]["ok"] is True
+        assert done.returncode == 0
+        return
+    assert done.returncode == 1
+    assert tools["kind"]["ok"] is False
+    assert tools["kind"]["detail"] == "found, but cannot create a cluster here (below)"
+    privileged = tools["privileged containers"]
+    assert privileged["ok"] is False
+    assert privileged["detail"].startswith("refused, so kind cannot create a cluster")
+    assert "caps" in privileged["detail"]  # docker's own reason follows

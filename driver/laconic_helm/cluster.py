@@ -267,10 +267,25 @@ def kind_config(cluster: Cluster, *, memlock_spec: Path | None = None) -> dict[s
     if mounts:
         node["extraMounts"] = mounts
     doc: dict[str, Any] = {"kind": "Cluster", "apiVersion": KIND_CONFIG_API, "name": cluster.name}
-    if cluster.high_memlock:
-        doc["containerdConfigPatches"] = [memlock_containerd_patch()]
+    if cluster.kind_patches.kubeadm:
+        doc["kubeadmConfigPatches"] = [
+            yaml.safe_dump(patch, sort_keys=False) for patch in cluster.kind_patches.kubeadm
+        ]
+    containerd = [memlock_containerd_patch()] if cluster.high_memlock else []
+    containerd += cluster.kind_patches.containerd
+    if containerd:
+        doc["containerdConfigPatches"] = containerd
     doc["nodes"] = [node]
     return doc
+
+
+def patches_digest(cluster: Cluster) -> str:
+    """A digest of the spec's kind patches ("" for none), kept in the ownership record: the
+    node cannot be asked which patches it was created with, and they are fixed from then on."""
+    if not cluster.kind_patches:
+        return ""
+    text = json.dumps(cluster.kind_patches.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class _BlockDumper(yaml.SafeDumper):
@@ -303,6 +318,7 @@ class Record:
     started_at: str  # UTC ISO time just before `kind create` ran (or of the adoption)
     node_ids: tuple[str, ...] = ()  # full docker IDs of the nodes once created
     config_sha256: str = ""
+    patches_sha256: str = ""
     tool_version: str = __version__
     version: int = _RECORD_VERSION
 
@@ -325,6 +341,7 @@ def read_record(name: str) -> Record | None:
             started_at=doc["started_at"],
             node_ids=tuple(doc.get("node_ids", ())),
             config_sha256=doc.get("config_sha256", ""),
+            patches_sha256=doc.get("patches_sha256", ""),
             tool_version=doc.get("tool_version", ""),
             version=int(doc.get("version", _RECORD_VERSION)),
         )
@@ -788,6 +805,14 @@ def differences(cluster: Cluster, state: ClusterState) -> list[str]:
                 f"mount {m.container_path} has propagation {have_mount.propagation}, "
                 f"the spec asks for {m.propagation}"
             )
+    record = state.record  # an adopted cluster's patches are unknown: they are not judged
+    if (
+        state.owned
+        and record is not None
+        and record.status != "adopted"
+        and record.patches_sha256 != patches_digest(cluster)
+    ):
+        found.append("the kind patches differ from the ones the cluster was created with")
     if cluster.high_memlock and state.memlock_runtime is False:
         found.append(f"the containerd runtime {MEMLOCK_RUNTIME} is not configured in the node")
     if state.node_labels is not None:
@@ -919,7 +944,10 @@ async def _kind_create(cluster: Cluster) -> None:
     config = folder / "kind-config.yaml"
     paths.write_private(config, text.encode())
     digest = hashlib.sha256(text.encode()).hexdigest()
-    record = Record(cluster.name, "creating", _now(), config_sha256=digest)
+    record = Record(
+        cluster.name, "creating", _now(), config_sha256=digest,
+        patches_sha256=patches_digest(cluster),
+    )  # fmt: skip
     write_record(record)  # before kind runs: a killed create is still known to be ours
     try:
         await proc.run(
@@ -942,7 +970,7 @@ async def _kind_create(cluster: Cluster) -> None:
         ) from exc
     nodes = await list_nodes(cluster.name)
     ids = tuple(n.id for n in nodes)
-    write_record(Record(cluster.name, "created", record.started_at, ids, digest))
+    write_record(replace(record, status="created", node_ids=ids))
 
 
 async def _start_node(node: str) -> None:

@@ -8,6 +8,7 @@ spec's own folder. Every error names the file, the key path and what was expecte
 from __future__ import annotations
 
 import re
+import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -51,6 +52,53 @@ class Mount(_Model):
     )
 
 
+KUBEADM_PATCH_KINDS = (
+    "InitConfiguration",
+    "ClusterConfiguration",
+    "JoinConfiguration",
+    "KubeletConfiguration",
+    "KubeProxyConfiguration",
+)
+
+
+class KindPatches(_Model):
+    """Host-specific additions to the kind config, applied after laconic-helm's own: a cgroup v1
+    host's kubelet setting, a registry mirror, an API server flag. Fixed at cluster creation."""
+
+    kubeadm: tuple[dict[str, Any], ...] = Field(
+        (),
+        description="kubeadm config patches (kind's kubeadmConfigPatches), each a mapping whose "
+        f"`kind` is one of {', '.join(KUBEADM_PATCH_KINDS)}.",
+    )
+    containerd: tuple[str, ...] = Field(
+        (), description="containerd config TOML snippets (kind's containerdConfigPatches)."
+    )
+
+    @field_validator("kubeadm")
+    @classmethod
+    def _check_kubeadm(cls, patches: tuple[dict[str, Any], ...]) -> tuple[dict[str, Any], ...]:
+        for i, patch in enumerate(patches):
+            if patch.get("kind") not in KUBEADM_PATCH_KINDS:
+                raise ValueError(
+                    f"[{i}]: `kind` is {patch.get('kind')!r}, expected one of "
+                    f"{', '.join(KUBEADM_PATCH_KINDS)}"
+                )
+        return patches
+
+    @field_validator("containerd")
+    @classmethod
+    def _check_containerd(cls, patches: tuple[str, ...]) -> tuple[str, ...]:
+        for i, patch in enumerate(patches):
+            try:
+                tomllib.loads(patch)
+            except tomllib.TOMLDecodeError as exc:
+                raise ValueError(f"[{i}]: not valid TOML ({exc})") from None
+        return patches
+
+    def __bool__(self) -> bool:
+        return bool(self.kubeadm or self.containerd)
+
+
 class Cluster(_Model):
     """Where the releases go: a kind cluster this tool manages, or any existing cluster."""
 
@@ -71,6 +119,11 @@ class Cluster(_Model):
         False,
         alias="highMemlock",
         description="Add a containerd runtime with unlimited memlock and a RuntimeClass for it.",
+    )
+    kind_patches: KindPatches = Field(
+        default_factory=KindPatches,
+        alias="kindPatches",
+        description="kind config patches for this host (kubeadm, containerd), after the driver's.",
     )
 
     @property

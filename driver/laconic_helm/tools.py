@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import re
-from dataclasses import dataclass
+import tarfile
+from dataclasses import dataclass, replace
 
 from laconic_helm import proc
 from laconic_helm.errors import CommandError, ToolMissingError
@@ -99,6 +101,48 @@ async def check_kind() -> ToolStatus:
     return status
 
 
+# An image with one empty folder: the probe's program is missing on purpose, so a container that
+# got as far as starting it proves the privileged set-up worked, and nothing of it ever runs.
+_PROBE_IMAGE = "laconic-helm.local/privileged-probe:1"
+_PROBE_PROGRAM = "/laconic-helm-probe"
+
+
+def _empty_image_tar() -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        folder = tarfile.TarInfo("tmp")
+        folder.type = tarfile.DIRTYPE
+        folder.mode = 0o1777
+        tar.addfile(folder)
+    return buffer.getvalue()
+
+
+async def check_privileged() -> ToolStatus:
+    """kind's nodes are privileged containers; a host whose kernel withholds a capability the
+    runtime must grant (CAP_SYS_RESOURCE here) refuses them, and `kind create` then fails."""
+    docker = tool_path("docker")
+    name = "privileged containers"
+    try:
+        await proc.run([docker, "import", "-", _PROBE_IMAGE], input=_empty_image_tar())
+        done = await proc.run(
+            [docker, "run", "--rm", "--privileged", "--network", "none", _PROBE_IMAGE,
+             _PROBE_PROGRAM],
+            check=False,
+        )  # fmt: skip
+    except CommandError as exc:
+        return ToolStatus(name, True, False, None, f"could not be tried ({exc.message})")
+    finally:
+        await proc.run([docker, "image", "rm", "--force", _PROBE_IMAGE], check=False)
+    said = done.stderr.decode(errors="replace")
+    if _PROBE_PROGRAM in said and re.search(r"no such file|not found", said):
+        return ToolStatus(name, True, True, None, "allowed (kind can run its nodes)")
+    reason = next((line.strip() for line in said.splitlines() if line.strip()), "no message")
+    return ToolStatus(
+        name, True, False, None,
+        f"refused, so kind cannot create a cluster on this Docker: {reason}",
+    )  # fmt: skip
+
+
 async def check_kubectl() -> ToolStatus:
     status = await _check(
         "kubectl", False, [tool_path("kubectl"), "version", "--client", "-o", "json"]
@@ -110,5 +154,17 @@ async def check_kubectl() -> ToolStatus:
 
 
 async def doctor() -> list[ToolStatus]:
-    """Checks every tool at once; the result lists required tools first."""
-    return list(await asyncio.gather(check_docker(), check_kind(), check_helm(), check_kubectl()))
+    """Checks every tool at once; the result lists required tools first. Where Docker answers,
+    kind is judged by whether the nodes it would make can start, not only by its version."""
+
+    async def docker_and_privileged() -> list[ToolStatus]:
+        docker = await check_docker()
+        return [docker, await check_privileged()] if docker.ok else [docker]
+
+    docker, kind, helm, kubectl = await asyncio.gather(
+        docker_and_privileged(), check_kind(), check_helm(), check_kubectl()
+    )
+    privileged = docker[1] if len(docker) > 1 else None
+    if kind.ok and privileged is not None and not privileged.ok:
+        kind = replace(kind, ok=False, detail="found, but cannot create a cluster here (below)")
+    return [*docker[:1], kind, *docker[1:], helm, kubectl]

@@ -1,9 +1,9 @@
 """The harness's pytest fixtures (registered by tests/conftest.py through pytest_plugins).
 
 Each fixture comes in two variants, run by the same test body: the stand-in (marker
-`apiserver`, plus `docker` for kind clusters), which runs here and in CI, and the real kind
-cluster (marker `cluster`), which runs only with LACONIC_HELM_E2E=1 where kind works and skips
-elsewhere with the reason.
+`apiserver`, plus `docker` for kind clusters) and the real kind cluster (marker `cluster`), on
+the toolchain scripts/provision-kind makes (tests/harness/realkind.py). Both run here and in
+CI; where the toolchain is missing the real-kind variant skips with the reason (fails in CI).
 
 - kube_api (session): KubeAPI of one Kubernetes API for the whole session.
 - namespace: a fresh namespace in kube_api, deleted after the test.
@@ -262,6 +262,8 @@ def kind_cli(
         monkeypatch.setenv("PATH", f"{STANDIN_BIN}{os.pathsep}{os.environ['PATH']}")
         before = _owned_clusters()
     else:
+        # Real kind runs on the test-only Docker daemon; the driver under test follows it.
+        monkeypatch.setenv("DOCKER_HOST", realkind.DOCKER_HOST)
         cli = KindCLI(_real_kind(), kubeconfig, standin=False)
         before = set(cli.clusters())
     # The driver under test finds the same kind and kubeconfig.

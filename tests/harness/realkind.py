@@ -1,19 +1,31 @@
-"""The real-cluster path: the same KubeAPI over a real kind cluster (LACONIC_HELM_E2E=1).
+"""The real-cluster path: the same KubeAPI over a real kind cluster.
+
+Real kind runs on the toolchain scripts/provision-kind makes: a test-only Docker daemon whose
+runtime leaves out the capability this kernel withholds (selected with DOCKER_HOST, so the
+host's own daemon is never used for kind), and a kind node image built here. The harness adds
+this host's two kind config patches (kubelet on cgroup v1; containerd not lowering
+oom_score_adj, which needs CAP_SYS_RESOURCE) through the spec's `kindPatches`, the way an
+operator adds theirs; the driver never adds them by itself.
 
 The session cluster is created with the harness's audit policy (kind's documented auditing
-recipe: kubeadm extraArgs plus the log directory mounted back to the host), so writes_since
+recipe: kubeadm extraArgs plus the log folder mounted back to the host), so writes_since
 works as on the stand-in. The harness identity is a client certificate issued from the
 cluster's own CA, read from the control-plane node.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
+from laconic_helm import cluster as kindcluster
+from laconic_helm.spec import Cluster
 from tests.harness import controlplane, pki
 from tests.harness.api import KubeAPI
 from tests.harness.audit import AuditLog
@@ -22,20 +34,71 @@ from tests.harness.client import Client, Credentials
 _AUDIT_DIR_IN_NODE = "/var/log/laconic-helm-audit"
 _POLICY_IN_NODE = "/etc/kubernetes/laconic-helm-audit-policy.yaml"
 
+CACHE = Path(
+    os.environ.get("LACONIC_HELM_CACHE")
+    or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "laconic-helm"
+)
+TOOLCHAIN = CACHE / "kind"
+DOCKER_HOST = "unix://{}/docker.sock".format(
+    os.environ.get("LACONIC_HELM_KIND_RUN", "/run/laconic-helm/kind-docker")
+)
 
-def kind_config(workdir: Path) -> str:
-    """A one-node cluster labelled ingress-ready, with the harness's audit log on the host."""
-    policy = workdir / "audit-policy.yaml"
-    policy.write_text(controlplane.AUDIT_POLICY)
-    audit_dir = workdir / "audit"
-    audit_dir.mkdir(exist_ok=True)
-    cluster_patch = {
+# This host's patches: kubelet 1.35+ refuses cgroup v1 unless told, and runc cannot lower a
+# sandbox's oom_score_adj without CAP_SYS_RESOURCE. Merged by kind after the driver's own.
+HOST_PATCHES: dict[str, Any] = {
+    "kubeadm": [{"kind": "KubeletConfiguration", "failCgroupV1": False}],
+    "containerd": ['[plugins."io.containerd.grpc.v1.cri"]\n  restrict_oom_score_adj = true\n'],
+}
+
+
+def docker_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """`env` (default os.environ) with DOCKER_HOST selecting the test daemon kind runs on."""
+    return {**(os.environ if env is None else env), "DOCKER_HOST": DOCKER_HOST}
+
+
+def node_image() -> str:
+    return (TOOLCHAIN / "node-image").read_text().strip()
+
+
+def test_images() -> dict[str, str]:
+    """The images scripts/provision-kind built for the end-to-end tests, by role."""
+    return yaml.safe_load((TOOLCHAIN / "images").read_text())
+
+
+def missing() -> str | None:
+    """Why real kind cannot run here, or None when the provisioned toolchain is complete."""
+    if shutil.which("kind") is None:
+        return "kind not found (scripts/provision-tools installs it)"
+    for name in ("node-image", "images"):
+        if not (TOOLCHAIN / name).is_file():
+            return f"no {TOOLCHAIN / name}: run scripts/provision-kind"
+    done = subprocess.run(
+        ["docker", "image", "inspect", node_image()],
+        env=docker_env(),
+        capture_output=True,
+        check=False,
+        timeout=60,
+    )
+    if done.returncode != 0:
+        image = node_image()
+        return f"the test Docker daemon ({DOCKER_HOST}) lacks {image}: run scripts/provision-kind"
+    return None
+
+
+def cluster_fields(**more: Any) -> dict[str, Any]:
+    """The spec's `cluster` fields every real-kind cluster of the tests has: the node image
+    built here and this host's patches (`more` adds to them)."""
+    return {"nodeImage": node_image(), "kindPatches": HOST_PATCHES, **more}
+
+
+def _audit_patch() -> dict[str, Any]:
+    return {
         "kind": "ClusterConfiguration",
         "apiServer": {
-            "extraArgs": {
-                "audit-policy-file": _POLICY_IN_NODE,
-                "audit-log-path": f"{_AUDIT_DIR_IN_NODE}/audit.log",
-            },
+            "extraArgs": [
+                {"name": "audit-policy-file", "value": _POLICY_IN_NODE},
+                {"name": "audit-log-path", "value": f"{_AUDIT_DIR_IN_NODE}/audit.log"},
+            ],
             "extraVolumes": [
                 {
                     "name": "laconic-helm-audit-policy",
@@ -53,30 +116,36 @@ def kind_config(workdir: Path) -> str:
             ],
         },
     }
-    init_patch = {
-        "kind": "InitConfiguration",
-        "nodeRegistration": {"kubeletExtraArgs": {"node-labels": "ingress-ready=true"}},
+
+
+def session_config(name: str, workdir: Path) -> str:
+    """The session cluster's kind config, rendered by the driver's own code from a spec: one
+    node labelled ingress-ready, this host's patches, and the audit log on the host."""
+    policy = workdir / "audit-policy.yaml"
+    policy.write_text(controlplane.AUDIT_POLICY)
+    audit_dir = workdir / "audit"
+    audit_dir.mkdir(exist_ok=True)
+    audit_dir.chmod(0o777)
+    patches = {
+        "kubeadm": [*HOST_PATCHES["kubeadm"], _audit_patch()],
+        "containerd": HOST_PATCHES["containerd"],
     }
-    config = {
-        "kind": "Cluster",
-        "apiVersion": "kind.x-k8s.io/v1alpha4",
-        "nodes": [
-            {
-                "role": "control-plane",
-                "kubeadmConfigPatches": [yaml.safe_dump(init_patch), yaml.safe_dump(cluster_patch)],
-                "extraMounts": [
-                    {"hostPath": str(policy), "containerPath": _POLICY_IN_NODE, "readOnly": True},
-                    {"hostPath": str(audit_dir), "containerPath": _AUDIT_DIR_IN_NODE},
-                ],
-            }
-        ],
-    }
-    return yaml.safe_dump(config, sort_keys=False)
+    spec = Cluster.model_validate(
+        cluster_fields(
+            name=name,
+            kindPatches=patches,
+            mounts=[
+                {"hostPath": str(policy), "containerPath": _POLICY_IN_NODE, "readOnly": True},
+                {"hostPath": str(audit_dir), "containerPath": _AUDIT_DIR_IN_NODE},
+            ],
+        )
+    )
+    return kindcluster.render_kind_config(spec)
 
 
 def _node_file(node: str, path: str) -> bytes:
     return subprocess.run(
-        ["docker", "exec", node, "cat", path], capture_output=True, check=True
+        ["docker", "exec", node, "cat", path], env=docker_env(), capture_output=True, check=True
     ).stdout
 
 
@@ -115,10 +184,12 @@ def cluster_api(cluster: str, kubeconfig: Path, audit_log: Path | None = None) -
 def create_session_cluster(kind: str, name: str, workdir: Path) -> KubeAPI:
     kubeconfig = workdir / "kubeconfig"
     config = workdir / "kind-config.yaml"
-    config.write_text(kind_config(workdir))
+    config.write_text(session_config(name, workdir))
     started = time.monotonic()
     argv = [kind, "create", "cluster", "--name", name, "--config", str(config)]
-    subprocess.run([*argv, "--kubeconfig", str(kubeconfig), "--wait", "180s"], check=True)
+    subprocess.run(
+        [*argv, "--kubeconfig", str(kubeconfig), "--wait", "300s"], env=docker_env(), check=True
+    )
     api = cluster_api(name, kubeconfig, workdir / "audit" / "audit.log")
     api.startup_seconds = time.monotonic() - started
     return api
@@ -126,5 +197,7 @@ def create_session_cluster(kind: str, name: str, workdir: Path) -> KubeAPI:
 
 def delete_cluster(kind: str, name: str, kubeconfig: Path) -> None:
     subprocess.run(
-        [kind, "delete", "cluster", "--name", name, "--kubeconfig", str(kubeconfig)], check=False
+        [kind, "delete", "cluster", "--name", name, "--kubeconfig", str(kubeconfig)],
+        env=docker_env(),
+        check=False,
     )

@@ -1,0 +1,3 @@
+module laconichelm.local/agave-standin
+
+go 1.22

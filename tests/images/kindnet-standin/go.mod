@@ -1,0 +1,3 @@
+module laconichelm.local/kindnet-standin
+
+go 1.22
