@@ -23,8 +23,10 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from tests.harness import controlplane, nodes, realkind, standin
 from tests.harness.api import KubeAPI
@@ -186,6 +188,7 @@ class KindCLI:
     def run(
         self, *args: str, check: bool = True, timeout: float = 600, input: str | None = None
     ) -> subprocess.CompletedProcess[str]:
+        args, input = self._for_this_host(args, input)
         done = subprocess.run(
             [self.binary, *args],
             env=self.env,
@@ -201,15 +204,52 @@ class KindCLI:
             )
         return done
 
+    def _for_this_host(
+        self, args: tuple[str, ...], input: str | None
+    ) -> tuple[tuple[str, ...], str | None]:
+        """A real `kind create cluster` gets the node image built here and this host's config
+        patches (merged into the test's own config), as an operator of this host would add
+        them; the kind stand-in needs neither."""
+        if self.standin or args[:2] != ("create", "cluster"):
+            return args, input
+        rest = list(args[2:])
+        config: dict[str, Any] = {"kind": "Cluster", "apiVersion": "kind.x-k8s.io/v1alpha4"}
+        if "--config" in rest:
+            at = rest.index("--config")
+            source = rest.pop(at + 1)
+            rest.pop(at)
+            config = yaml.safe_load(input if source == "-" else Path(source).read_text())
+        config["kubeadmConfigPatches"] = [
+            *config.get("kubeadmConfigPatches", []),
+            *(yaml.safe_dump(patch) for patch in realkind.HOST_PATCHES["kubeadm"]),
+        ]
+        config["containerdConfigPatches"] = [
+            *config.get("containerdConfigPatches", []),
+            *realkind.HOST_PATCHES["containerd"],
+        ]
+        rest += ["--image", realkind.node_image(), "--config", "-"]
+        return ("create", "cluster", *rest), yaml.safe_dump(config)
+
+    def cluster_fields(self) -> dict[str, Any]:
+        """Fields a spec's `cluster` needs for this kind: none for the stand-in; the node image
+        and this host's patches for real kind (the driver adds nothing by itself)."""
+        return {} if self.standin else realkind.cluster_fields()
+
     def start(self, *args: str) -> subprocess.Popen[str]:
         """kind running in the background, for tests that interrupt it."""
-        return subprocess.Popen(
+        args, input = self._for_this_host(args, None)
+        process = subprocess.Popen(
             [self.binary, *args],
             env=self.env,
+            stdin=None if input is None else subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
+        if process.stdin is not None:
+            process.stdin.write(input or "")
+            process.stdin.close()
+        return process
 
     def new_name(self, prefix: str = "lh") -> str:
         """A cluster name no other test or session uses; deleted at teardown."""
