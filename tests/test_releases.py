@@ -1000,7 +1000,7 @@ def test_the_seed_scenario_caddy_left_by_laconic_so_deploys_on_the_first_rerun(
             world.api.harness.delete(path)
         # The next run of this test (the other helm) needs the fixed namespace name again.
         world.api.delete_namespace(world.ns)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 300  # a real cluster first stops the namespace's pods
         while world.get(f"/api/v1/namespaces/{world.ns}") is not None:
             assert time.monotonic() < deadline, f"namespace {world.ns} never went away"
             time.sleep(0.2)

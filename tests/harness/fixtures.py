@@ -44,15 +44,18 @@ else:
 
 STANDIN_BIN = Path(__file__).resolve().parent / "bin"
 STANDIN_NODE = "standin-control-plane"
-E2E_CLUSTER = f"laconic-helm-e2e-{os.getpid()}"
+E2E_CLUSTER = f"session-{os.environ[nodes.OWNER_ENV]}-api"
 
 _startup: dict[str, float] = {}
 
 
 def pytest_sessionstart() -> None:
-    """Removes kind-like nodes left by test sessions that were killed before their teardown."""
+    """Removes kind-like nodes, and real kind clusters, left by test sessions that were killed
+    before their teardown."""
     if nodes.docker_available():
         nodes.remove_orphans()
+    if realkind.missing() is None:
+        realkind.remove_orphans()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -252,8 +255,9 @@ class KindCLI:
         return process
 
     def new_name(self, prefix: str = "lh") -> str:
-        """A cluster name no other test or session uses; deleted at teardown."""
-        name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        """A cluster name no other test or session uses, holding this session's pid (so a
+        later session can tell a killed one's real kind clusters); deleted at teardown."""
+        name = f"{prefix}-{os.environ[nodes.OWNER_ENV]}-{uuid.uuid4().hex[:6]}"
         self.names.append(name)
         return name
 

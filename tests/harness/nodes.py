@@ -251,7 +251,8 @@ def mount_propagates(host_path: str) -> bool:
     return "shared:" in optional or "master:" in optional
 
 
-def _owner_gone(owner: str) -> bool:
+def owner_gone(owner: str) -> bool:
+    """Whether the test session whose pid is `owner` has ended."""
     if not owner.isdigit():
         return False
     try:
@@ -276,7 +277,7 @@ def remove_orphans() -> list[str]:
     orphans = [
         name
         for name, _, owner in (line.partition(" ") for line in out.splitlines())
-        if _owner_gone(owner)
+        if owner_gone(owner)
     ]
     if orphans:
         docker("rm", "-f", "-v", *orphans)

@@ -16,6 +16,7 @@ cluster's own CA, read from the control-plane node.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -26,7 +27,7 @@ import yaml
 
 from laconic_helm import cluster as kindcluster
 from laconic_helm.spec import Cluster
-from tests.harness import controlplane, pki
+from tests.harness import controlplane, nodes, pki
 from tests.harness.api import KubeAPI
 from tests.harness.audit import AuditLog
 from tests.harness.client import Client, Credentials
@@ -201,3 +202,24 @@ def delete_cluster(kind: str, name: str, kubeconfig: Path) -> None:
         env=docker_env(),
         check=False,
     )
+
+
+def remove_orphans() -> list[str]:
+    """Deletes the real kind clusters of test sessions that have ended: test clusters are
+    named `<prefix>-<session pid>-...` (tests/harness/fixtures.py)."""
+    listed = subprocess.run(
+        ["kind", "get", "clusters"], env=docker_env(), capture_output=True, text=True, check=False
+    )
+    orphans = [
+        name
+        for name in listed.stdout.split()
+        if (owner := re.match(r"^[a-z]+-(\d+)-", name)) and nodes.owner_gone(owner[1])
+    ]
+    for name in orphans:
+        subprocess.run(
+            ["kind", "delete", "cluster", "--name", name],
+            env=docker_env(),
+            capture_output=True,
+            check=False,
+        )
+    return orphans
