@@ -652,7 +652,7 @@ def node_ids(name: str) -> list[str]:
 def test_create_rerun_refuse_recreate_delete(kind_cli: Any, kind_log: KindLog) -> None:
     name = kind_cli.new_name()
     port = free_port()
-    spec = make_cluster(name=name, ports=[local_port(80, port)])
+    spec = make_cluster(**kind_cli.cluster_fields(), name=name, ports=[local_port(80, port)])
 
     first = asyncio.run(cluster.ensure_cluster(spec))
     assert verbs(list(first.actions)) == [("create-cluster", name)]
@@ -690,7 +690,9 @@ def test_create_rerun_refuse_recreate_delete(kind_cli: Any, kind_log: KindLog) -
 
     # Ports are fixed at creation: a new one is named, and nothing changes without the flag.
     extra = free_port()
-    wider = make_cluster(name=name, ports=[local_port(80, port), local_port(443, extra)])
+    wider = make_cluster(
+        **kind_cli.cluster_fields(), name=name, ports=[local_port(80, port), local_port(443, extra)]
+    )
     with pytest.raises(UserError) as caught:
         asyncio.run(cluster.ensure_cluster(wider))
     assert caught.value.message == (
@@ -713,7 +715,7 @@ def test_create_rerun_refuse_recreate_delete(kind_cli: Any, kind_log: KindLog) -
 
 def test_a_killed_create_is_rebuilt(kind_cli: Any, kind_log: KindLog) -> None:
     name = kind_cli.new_name()
-    spec = make_cluster(name=name)
+    spec = make_cluster(**kind_cli.cluster_fields(), name=name)
 
     async def create_then_kill() -> None:
         task = asyncio.create_task(cluster.ensure_cluster(spec))
@@ -741,18 +743,20 @@ def test_a_killed_create_is_rebuilt(kind_cli: Any, kind_log: KindLog) -> None:
 def test_a_cluster_made_by_someone_else(kind_cli: Any, tmp_path: Path) -> None:
     name = kind_cli.new_name()
     config = tmp_path / "kind.yaml"
-    config.write_text(cluster.render_kind_config(make_cluster(name=name)))
+    config.write_text(
+        cluster.render_kind_config(make_cluster(**kind_cli.cluster_fields(), name=name))
+    )
     kind_cli.run("create", "cluster", "--name", name, "--config", str(config))
     before = node_ids(name)
 
     # As specified and healthy: used as it is, and still not ours.
-    fits = make_cluster(name=name)
+    fits = make_cluster(**kind_cli.cluster_fields(), name=name)
     used = asyncio.run(cluster.ensure_cluster(fits))
     assert used.actions == () and not used.state.owned
 
     # A change is needed: refused even with --recreate-cluster, and nothing is deleted.
     port = free_port()
-    clash = make_cluster(name=name, ports=[local_port(80, port)])
+    clash = make_cluster(**kind_cli.cluster_fields(), name=name, ports=[local_port(80, port)])
     with pytest.raises(UserError) as caught:
         asyncio.run(cluster.ensure_cluster(clash, recreate=True))
     assert caught.value.exit_code == 2
@@ -781,7 +785,11 @@ def test_a_port_held_by_another_process_stops_before_any_change(
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        spec = make_cluster(name=name, ports=[local_port(80, free_port()), local_port(443, port)])
+        spec = make_cluster(
+            **kind_cli.cluster_fields(),
+            name=name,
+            ports=[local_port(80, free_port()), local_port(443, port)],
+        )
         with pytest.raises(UserError) as caught:
             asyncio.run(cluster.ensure_cluster(spec))
     assert caught.value.exit_code == 2
@@ -797,7 +805,11 @@ def test_a_missing_mount_source_stops_before_any_change(
 ) -> None:
     name = kind_cli.new_name()
     gone = tmp_path / "no-ledger"
-    spec = make_cluster(name=name, mounts=[{"hostPath": str(gone), "containerPath": "/mnt"}])
+    spec = make_cluster(
+        **kind_cli.cluster_fields(),
+        name=name,
+        mounts=[{"hostPath": str(gone), "containerPath": "/mnt"}],
+    )
     with pytest.raises(UserError) as caught:
         asyncio.run(cluster.ensure_cluster(spec))
     assert caught.value.message == f"cluster.mounts[0].hostPath: {gone} does not exist"

@@ -228,10 +228,12 @@ def test_logs_print_the_nodes_own_lines_and_follow_stops_on_ctrl_c(node: Node) -
     assert "Traceback" not in err, err
 
 
-def test_a_rerun_changes_nothing(node: Node) -> None:
+def test_a_rerun_changes_nothing_and_plan_has_nothing_to_do(node: Node) -> None:
     again = node.deployment.run("deploy")
     assert again.code == 0, again.stderr
     assert again.report["changed"] is False, again.report
+    plan = node.deployment.run("plan")
+    assert plan.code == 0 and plan.report["actions"] == [], plan.report
     history = node.helm("history", "agave", "--namespace", "agave", "-o", "json")
     assert len(json.loads(history.stdout)) == 1
 

@@ -58,9 +58,29 @@ def pytest_sessionstart() -> None:
         realkind.remove_orphans()
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test marked `standin_only("why")` drives what only the stand-in lets a test control
+    (a kubelet switched off, images that cannot run); its real-kind variant is deselected
+    (pytest counts it as such), and tests/README.md lists each with its reason."""
+    keep: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        marker = item.get_closest_marker("standin_only")
+        params = getattr(item, "callspec", None)
+        on_kind = params is not None and "kind" in params.params.values()
+        if marker is not None and on_kind:
+            dropped.append(item)
+        else:
+            keep.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     for what, seconds in _startup.items():
         terminalreporter.write_line(f"{what} ready in {seconds:.1f} s")
+
 
 
 @contextlib.contextmanager
