@@ -26,6 +26,16 @@ CT_FILES = ("charts", "ct.yaml", "chart_schema.yaml", "lintconf.yaml")
 pytestmark = pytest.mark.helm
 
 
+def _version(chart: str) -> str:
+    """The chart's version in this checkout (the throw-away repository's main)."""
+    return str(yaml.safe_load((REPO / "charts" / chart / "Chart.yaml").read_text())["version"])
+
+
+def _bump(version: str) -> str:
+    major, minor, patch = version.split(".")
+    return f"{major}.{minor}.{int(patch) + 1}"
+
+
 @dataclass(frozen=True)
 class CtRepo:
     """A git repository on a branch off main, with the tools ct calls on its PATH."""
@@ -43,12 +53,10 @@ class CtRepo:
             values.write("# changed on a branch\n")
         if bump:
             chart_yaml = chart_dir / "Chart.yaml"
-            lines = chart_yaml.read_text().splitlines(keepends=True)
-            for i, line in enumerate(lines):
-                if line.startswith("version: "):
-                    major, minor, patch = line.split()[1].split(".")
-                    lines[i] = f"version: {major}.{minor}.{int(patch) + 1}\n"
-            chart_yaml.write_text("".join(lines))
+            old = _version(chart)
+            chart_yaml.write_text(
+                chart_yaml.read_text().replace(f"version: {old}\n", f"version: {_bump(old)}\n", 1)
+            )
         self.git("commit", "--quiet", "--all", "--message", f"change {chart}")
 
     def ct_lint(self) -> subprocess.CompletedProcess[str]:
@@ -120,7 +128,8 @@ def test_ct_lint_passes_for_both_charts_with_a_version_bump(ct_repo: CtRepo) -> 
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
     for chart in CHART_NAMES:
-        assert f'✔︎ {chart} => (version: "0.1.1"' in output, output
+        bumped = _bump(_version(chart))
+        assert f'✔︎ {chart} => (version: "{bumped}"' in output, output
         # Every ci scenario went through helm lint.
         for values in sorted((REPO / "charts" / chart / "ci").glob("*-values.yaml")):
             assert f'values file "charts/{chart}/ci/{values.name}"' in output
@@ -134,7 +143,7 @@ def test_ct_lint_fails_a_changed_chart_without_a_version_bump(ct_repo: CtRepo) -
     output = done.stdout + done.stderr
     assert done.returncode != 0
     assert "chart version not ok. Needs a version bump!" in output
-    assert '✖︎ agave => (version: "0.1.0"' in output
+    assert f'✖︎ agave => (version: "{_version("agave")}"' in output
     # The unchanged chart is not linted at all.
     assert "caddy-ingress =>" not in output
 

@@ -27,13 +27,8 @@ class Probe:
     version: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "url": self.url,
-            "host": self.host,
-            "ok": self.ok,
-            "detail": self.detail,
-            "version": self.version,
-        }
+        """The step record's data (its detail is the step's own)."""
+        return {"url": self.url, "host": self.host, "ok": self.ok, "version": self.version}
 
 
 def _call(url: str, host: str | None, method: str) -> dict[str, Any]:

@@ -82,7 +82,6 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(f"{what} ready in {seconds:.1f} s")
 
 
-
 @contextlib.contextmanager
 def _standin_api(workdir: Path) -> Iterator[KubeAPI]:
     started = time.monotonic()
