@@ -25,17 +25,6 @@ from tests.harness.deployed import Deployed
 
 pytestmark = [pytest.mark.docker, pytest.mark.apiserver]
 
-_B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
-
-
-def _base58(data: bytes) -> str:
-    number = int.from_bytes(data, "big")
-    out = ""
-    while number:
-        number, rest = divmod(number, 58)
-        out = _B58[rest] + out
-    return "1" * (len(data) - len(data.lstrip(b"\0"))) + out
-
 
 def forms(keypair: bytes) -> dict[str, str]:
     """Every way the key could show up in text."""
@@ -49,8 +38,8 @@ def forms(keypair: bytes) -> dict[str, str]:
         "file base64": base64.b64encode(keypair).decode(),
         "key base64": base64.b64encode(raw).decode(),
         "key hex": raw.hex(),
-        "key base58": _base58(raw),
-        "secret half base58": _base58(raw[:32]),
+        "key base58": dep.base58(raw),
+        "secret half base58": dep.base58(raw[:32]),
     }
 
 

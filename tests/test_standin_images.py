@@ -21,25 +21,17 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from tests.harness.deployment import base58
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
 pytestmark = pytest.mark.unit
 
 IMAGES = Path(__file__).resolve().parent / "images"
-BASE58_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 # What the chart passes that the stand-in has no use for: it must take them and go on.
 CHART_FLAGS = ("--log", "--bind-address", "0.0.0.0", "--dynamic-port-range", "8000-8020")
-
-
-def base58(data: bytes) -> str:
-    number = int.from_bytes(data, "big")
-    digits = ""
-    while number:
-        number, digit = divmod(number, 58)
-        digits = BASE58_ALPHABET[digit] + digits
-    return "1" * (len(data) - len(data.lstrip(b"\0"))) + digits
 
 
 @pytest.fixture(scope="module")

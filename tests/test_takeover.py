@@ -138,6 +138,11 @@ def _old_replica_sets(api: KubeAPI, ns: str) -> list[str]:
     return [rs["metadata"]["name"] for rs in found if rs["metadata"]["name"].startswith(OLD_AGAVE)]
 
 
+# These drive the retire steps with no kubelet: the test binds laconic-so's pods itself and
+# reads their graceful deletion, which a real kubelet finishes at once for a pod that never ran.
+_BINDS_PODS = pytest.mark.standin_only("binds pods itself; reads deletions no kubelet finishes")
+
+
 @pytest.fixture
 def k(kube_api: KubeAPI) -> kube.Kube:
     return kube.Kube.connect(kube_api.kubeconfig, kube_api.context)
@@ -147,6 +152,7 @@ def _get(api: KubeAPI, path: str) -> dict[str, Any] | None:
     return api.harness.get_or_none(path)
 
 
+@_BINDS_PODS
 @pytest.mark.apiserver
 def test_a_retired_deployments_pod_gets_the_grace_period_and_no_successor(
     kube_api: KubeAPI, namespace: str, k: kube.Kube
@@ -217,6 +223,7 @@ def test_objects_that_are_not_the_installers_stay(
     assert kube_api.writes_since(mark) == []
 
 
+@_BINDS_PODS
 @pytest.mark.apiserver
 def test_an_interrupted_retire_is_finished_from_the_orphans(
     kube_api: KubeAPI, namespace: str, k: kube.Kube
@@ -243,6 +250,7 @@ def test_an_interrupted_retire_is_finished_from_the_orphans(
     _eventually(lambda: not _old_replica_sets(kube_api, ns), "the ReplicaSet to go")
 
 
+@_BINDS_PODS
 @pytest.mark.apiserver
 def test_the_old_workload_stays_until_the_release_has_its_own(
     kube_api: KubeAPI, namespace: str, k: kube.Kube
@@ -314,6 +322,7 @@ def _placed_pods(api: KubeAPI, ns: str, prefix: str, *, running: bool) -> list[d
 MODE_BY_HELM = {4: "rpc", 3: "test"}
 
 
+@pytest.mark.standin_only("laconic-so's cluster is staged for the stand-in (random images)")
 @pytest.mark.apiserver
 @pytest.mark.docker
 @pytest.mark.helm

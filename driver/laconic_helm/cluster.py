@@ -547,22 +547,16 @@ async def _docker(*args: str, check: bool = True) -> proc.Completed:
 
 async def list_nodes(name: str) -> list[Node]:
     """Returns the node containers labelled as cluster `name` (kind's own label), any state."""
-    ids = (
-        await _docker("ps", "-a", "--no-trunc", "-q", "--filter", f"label={CLUSTER_LABEL}={name}")
-    ).text.split()
-    if not ids:
-        return []
-    done = await _docker("inspect", *ids, check=False)
-    if done.returncode != 0:
-        # A node removed between the two calls: ask once more for what is left.
-        ids = (
-            await _docker(
-                "ps", "-a", "--no-trunc", "-q", "--filter", f"label={CLUSTER_LABEL}={name}"
-            )
-        ).text.split()
+    query = ("ps", "-a", "--no-trunc", "-q", "--filter", f"label={CLUSTER_LABEL}={name}")
+    # A node can go between the listing and the inspection (kind or a killed kind's docker run
+    # still at work): list again, a few times, then let the error through.
+    for last in (False, False, False, False, True):
+        ids = (await _docker(*query)).text.split()
         if not ids:
             return []
-        done = await _docker("inspect", *ids)
+        done = await _docker("inspect", *ids, check=last)
+        if done.returncode == 0:
+            break
     return sorted((parse_node(d) for d in json.loads(done.stdout)), key=lambda n: n.name)
 
 

@@ -196,6 +196,19 @@ class SpecFiles:
     data: Path
 
 
+_BASE58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+
+
+def base58(data: bytes) -> str:
+    """Bitcoin-alphabet base58, as Solana prints public keys."""
+    number = int.from_bytes(data, "big")
+    digits = ""
+    while number:
+        number, digit = divmod(number, 58)
+        digits = _BASE58[digit] + digits
+    return "1" * (len(data) - len(data.lstrip(b"\0"))) + digits
+
+
 def keypair_bytes(seed: str) -> bytes:
     """A keypair file as solana-keygen writes it: a JSON list of 64 numbers."""
     return json.dumps(list(random.Random(seed).randbytes(64))).encode()

@@ -191,6 +191,14 @@ def create_session_cluster(kind: str, name: str, workdir: Path) -> KubeAPI:
     subprocess.run(
         [*argv, "--kubeconfig", str(kubeconfig), "--wait", "300s"], env=docker_env(), check=True
     )
+    # The images the charts run here, put in by kind's own loader (charts installed by hand in
+    # the session's tests then start as they would on an operator's kind cluster).
+    subprocess.run(
+        [kind, "load", "docker-image", "--name", name, *test_images().values()],
+        env=docker_env(),
+        capture_output=True,
+        check=True,
+    )
     api = cluster_api(name, kubeconfig, workdir / "audit" / "audit.log")
     api.startup_seconds = time.monotonic() - started
     return api
