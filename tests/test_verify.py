@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -19,10 +20,15 @@ HOST = "rpc.agave.localhost"
 
 class _Ingress(BaseHTTPRequestHandler):
     health: object = "ok"
+    bad_gateways = 0  # answers 502 this many times first, as an ingress taking a route in
 
     def do_POST(self) -> None:
         if self.headers["Host"] != HOST:
             self.send_error(404)
+            return
+        if _Ingress.bad_gateways > 0:
+            _Ingress.bad_gateways -= 1
+            self.send_error(502)
             return
         call = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         if call["method"] == "getVersion":
@@ -49,6 +55,7 @@ def ingress() -> Iterator[str]:
     yield f"http://127.0.0.1:{server.server_address[1]}/"
     server.shutdown()
     _Ingress.health = "ok"
+    _Ingress.bad_gateways = 0
 
 
 def test_healthy_node_reports_ok_and_version(ingress: str) -> None:
@@ -63,11 +70,20 @@ def test_node_behind_is_reported_not_ok(ingress: str) -> None:
     assert probe.detail == "getHealth: Node is behind by 42 slots"
 
 
-def test_wrong_host_is_an_http_error(ingress: str) -> None:
-    probe = asyncio.run(probe_rpc(ingress, "other.localhost"))
+def test_wrong_host_is_an_http_error_once_the_ingress_had_time(ingress: str) -> None:
+    started = time.monotonic()
+    probe = asyncio.run(probe_rpc(ingress, "other.localhost", settle=2))
     assert not probe.ok and probe.detail == "HTTP 404 from the ingress"
+    assert time.monotonic() - started >= 2
+
+
+def test_a_route_the_ingress_takes_in_late_is_reported_ok(ingress: str) -> None:
+    _Ingress.bad_gateways = 2
+    probe = asyncio.run(probe_rpc(ingress, HOST, settle=30))
+    assert probe.ok and probe.detail == "getHealth: ok"
+    assert _Ingress.bad_gateways == 0
 
 
 def test_nothing_listening_is_unreachable() -> None:
-    probe = asyncio.run(probe_rpc("http://127.0.0.1:9/", HOST))
+    probe = asyncio.run(probe_rpc("http://127.0.0.1:9/", HOST, settle=0))
     assert not probe.ok and probe.detail.startswith("unreachable")

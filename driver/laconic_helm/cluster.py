@@ -547,17 +547,19 @@ async def _docker(*args: str, check: bool = True) -> proc.Completed:
 
 async def list_nodes(name: str) -> list[Node]:
     """Returns the node containers labelled as cluster `name` (kind's own label), any state."""
-    query = ("ps", "-a", "--no-trunc", "-q", "--filter", f"label={CLUSTER_LABEL}={name}")
-    # A node can go between the listing and the inspection (kind or a killed kind's docker run
-    # still at work): list again, a few times, then let the error through.
-    for last in (False, False, False, False, True):
-        ids = (await _docker(*query)).text.split()
-        if not ids:
-            return []
-        done = await _docker("inspect", *ids, check=last)
-        if done.returncode == 0:
-            break
-    return sorted((parse_node(d) for d in json.loads(done.stdout)), key=lambda n: n.name)
+    ids = (
+        await _docker("ps", "-a", "--no-trunc", "-q", "--filter", f"label={CLUSTER_LABEL}={name}")
+    ).text.split()
+    if not ids:
+        return []
+    # A node can go between the listing and the inspection (kind, or a killed kind's docker run,
+    # still at work): docker then prints the others and names the missing one.
+    done = await _docker("inspect", *ids, check=False)
+    said = [line for line in done.stderr.decode(errors="replace").splitlines() if line.strip()]
+    if done.returncode != 0 and not all("No such object" in line for line in said):
+        done = await _docker("inspect", *ids)  # the error, typed
+    found = json.loads(done.stdout or b"[]")
+    return sorted((parse_node(d) for d in found), key=lambda n: n.name)
 
 
 def judge_ownership(record: Record | None, nodes: Sequence[Node]) -> tuple[bool, str]:

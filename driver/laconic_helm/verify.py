@@ -58,6 +58,19 @@ def _probe(url: str, host: str | None) -> Probe:
     return Probe(url, host, False, f"getHealth: {message}", version)
 
 
-async def probe_rpc(url: str, host: str | None) -> Probe:
-    """Calls getHealth and getVersion at `url` (with `host` as the Host header)."""
-    return await asyncio.to_thread(_probe, url, host)
+# What an ingress answers while it has not taken the new route in (it applies its config a few
+# seconds after the workload is ready): worth asking again for a short while.
+_SETTLING = ("HTTP 404", "HTTP 502", "HTTP 503", "HTTP 504", "unreachable")
+
+
+async def probe_rpc(url: str, host: str | None, *, settle: float = 30.0) -> Probe:
+    """Calls getHealth and getVersion at `url` (with `host` as the Host header), asking again
+    for up to `settle` seconds while the ingress has no working route to the node yet."""
+    deadline = asyncio.get_running_loop().time() + settle
+    while True:
+        probe = await asyncio.to_thread(_probe, url, host)
+        if not probe.detail.startswith(_SETTLING):
+            return probe
+        if asyncio.get_running_loop().time() >= deadline:
+            return probe
+        await asyncio.sleep(1.0)

@@ -53,7 +53,8 @@ HOST_PATCHES: dict[str, Any] = {
     "kubeadm": [{"kind": "KubeletConfiguration", "failCgroupV1": False}],
     "containerd": [
         '[plugins."io.containerd.grpc.v1.cri"]\n  restrict_oom_score_adj = true\n',
-        '[plugins."io.containerd.grpc.v1.cri".registry]\n  config_path = "/etc/containerd/certs.d"\n',
+        '[plugins."io.containerd.grpc.v1.cri".registry]\n'
+        '  config_path = "/etc/containerd/certs.d"\n',
     ],
 }
 
