@@ -55,7 +55,9 @@ MEMLOCK_SPEC_NAME = "high-memlock-spec.json"
 RLIM_INFINITY = 2**64 - 1
 MEMLOCK_NOFILE = 1048576
 _API_WAIT = 5.0  # seconds a settled API may take to answer before it counts as down
-_API_WAIT_AFTER_START = 120.0  # a node started this recently may still be booting its API
+# A node started this recently may still be booting its API (minutes on a loaded host); the
+# wait ends as soon as it answers, so the ceiling costs nothing when all is well.
+_API_WAIT_AFTER_START = 300.0
 _RECORD_VERSION = 1
 
 RecordStatus = Literal["creating", "created", "adopted"]

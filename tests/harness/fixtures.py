@@ -250,6 +250,8 @@ class KindCLI:
             *realkind.HOST_PATCHES["containerd"],
         ]
         rest += ["--image", realkind.node_image(), "--config", "-"]
+        if "--wait" not in rest:  # a loaded host's API takes a while; tests then use it at once
+            rest += ["--wait", "300s"]
         return ("create", "cluster", *rest), yaml.safe_dump(config)
 
     def cluster_fields(self) -> dict[str, Any]:

@@ -200,12 +200,13 @@ def create_session_cluster(kind: str, name: str, workdir: Path) -> KubeAPI:
     )
     # The images the charts run here, put in by kind's own loader (charts installed by hand in
     # the session's tests then start as they would on an operator's kind cluster).
-    subprocess.run(
-        [kind, "load", "docker-image", "--name", name, *test_images().values()],
-        env=docker_env(),
-        capture_output=True,
-        check=True,
-    )
+    load = [kind, "load", "docker-image", "--name", name, *test_images().values()]
+    for attempt in (1, 2):  # a loaded host's fresh node has failed an import once
+        done = subprocess.run(load, env=docker_env(), capture_output=True, text=True, check=False)
+        if done.returncode == 0:
+            break
+        if attempt == 2:
+            raise RuntimeError(f"kind load into {name} failed: {done.stderr.strip()}")
     api = cluster_api(name, kubeconfig, workdir / "audit" / "audit.log")
     api.startup_seconds = time.monotonic() - started
     return api
