@@ -514,16 +514,17 @@ def test_observe_reads_ports_and_mounts_of_node_containers(
 ) -> None:
     data = tmp_path / "data"
     data.mkdir()
+    http, dns = free_port(), free_port()  # fixed numbers collided with other processes' ports
     spec = harness_node(
         nodes_mod,
         cluster_name,
-        ports=[nodes_mod.PortMapping(80, 38480), nodes_mod.PortMapping(53, 38453, "UDP")],
+        ports=[nodes_mod.PortMapping(80, http), nodes_mod.PortMapping(53, dns, "UDP")],
         mounts=[nodes_mod.Mount(str(data), "/mnt", read_only=True)],
     )
     nodes_mod.create_cluster(cluster_name, [spec])
     want = make_cluster(
         name=cluster_name,
-        ports=[{"containerPort": 80, "hostPort": 38480, "listenAddress": "127.0.0.1"}],
+        ports=[{"containerPort": 80, "hostPort": http, "listenAddress": "127.0.0.1"}],
         mounts=[{"hostPath": str(data), "containerPath": "/mnt"}],
     )
     state = asyncio.run(cluster.observe_cluster(want))
@@ -531,14 +532,14 @@ def test_observe_reads_ports_and_mounts_of_node_containers(
     cp = state.control_plane
     assert cp is not None and cp.running
     assert set(cp.ports) == {
-        PortBinding(80, "TCP", "127.0.0.1", 38480),
-        PortBinding(53, "UDP", "127.0.0.1", 38453),
+        PortBinding(80, "TCP", "127.0.0.1", http),
+        PortBinding(53, "UDP", "127.0.0.1", dns),
     }
     assert BindMount(str(data), "/mnt", True, "None") in cp.mounts
-    assert state.publishes(38453, "UDP") and not state.publishes(38453, "TCP")
+    assert state.publishes(dns, "UDP") and not state.publishes(dns, "TCP")
     assert not state.owned and "no record" in state.ownership
     assert cluster.differences(want, state) == [
-        "host port 38453/UDP is published (127.0.0.1:38453 -> node port 53) but not in the spec",
+        f"host port {dns}/UDP is published (127.0.0.1:{dns} -> node port 53) but not in the spec",
         "mount /mnt is read-only, the spec asks for the opposite",
     ]
 

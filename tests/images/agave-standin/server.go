@@ -152,6 +152,10 @@ type node struct {
 }
 
 func serve(prog string, args []string) int {
+	// Subscribed before anything answers: a signal sent as soon as the node answers (or while
+	// the parent ignores SIGINT, which a child inherits) must not be lost.
+	signals := make(chan os.Signal, 1)
+	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
 	logf("INFO", "%s starting with arguments %q", prog, args)
 	cfg, err := parseConfig(args)
 	if err != nil {
@@ -199,8 +203,6 @@ func serve(prog string, args []string) int {
 		cfg.identity, rpcAddr, wsAddr, socket, cfg.maxLag)
 	logf("INFO", "lag %d, restart window in %d s", cfg.lag, cfg.window)
 
-	signals := make(chan os.Signal, 1)
-	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
 	select {
 	case sig := <-signals:
 		logf("INFO", "received %v, shutting down", sig)
