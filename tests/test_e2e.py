@@ -2,9 +2,10 @@
 Caddy, with the real charts, the real Caddy ingress controller (built from its source) and the
 agave RPC stand-in (tests/images/agave-standin; what it cannot show is in tests/README.md).
 
-One module-wide deployment, made by the real CLI; each test then looks at it the way an
-operator would: requests from the host through kind's port mapping, `helm test`, `status`,
-`logs`, and a re-run.
+One module-wide deployment, made by the real CLI (tests/harness/e2e.py); each test then looks
+at it the way an operator would: requests from the host through kind's port mapping, `helm
+test`, `status`, `logs`, re-runs, the probes and the stop hook. Tests that disturb the node put
+it back and wait until it serves again.
 """
 
 from __future__ import annotations
@@ -17,134 +18,34 @@ import signal
 import socket
 import subprocess
 import time
-import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import yaml
 
-from tests.conftest import REPO, helm_binary
-from tests.harness import nodes, realkind
-from tests.harness.deployment import Deployment, free_port, keypair_bytes, write_spec
+from tests.harness import e2e, nodes, realkind
+from tests.harness.deployment import keypair_bytes
 
 pytestmark = pytest.mark.cluster
 
-RPC_HOST = "rpc.agave.localhost"
-WS_HOST = "ws.agave.localhost"
-
-
-def _repo_tag(ref: str) -> tuple[str, str]:
-    repository, _, tag = ref.rpartition(":")
-    return repository, tag
-
-
-def e2e_spec(cluster: str, http_port: int, https_port: int, keypair: Path) -> dict[str, Any]:
-    """The built-in default deployment (Caddy in kind mode, agave test mode behind it), on host
-    ports of its own, with the images built for this host's real kind."""
-    images = realkind.test_images()
-    agave_repo, agave_tag = _repo_tag(images["agave"])
-    busybox_repo, busybox_tag = _repo_tag(images["busybox"])
-    test_image = {"image": {"repository": busybox_repo, "tag": busybox_tag}}
-    values = REPO / "values"
-    return {
-        "cluster": realkind.cluster_fields(
-            name=cluster,
-            ports=[
-                {"containerPort": 80, "hostPort": http_port, "listenAddress": "127.0.0.1"},
-                {"containerPort": 443, "hostPort": https_port, "listenAddress": "127.0.0.1"},
-            ],
-        ),
-        "images": [images["caddy"], images["agave"], images["busybox"]],
-        "releases": [
-            {
-                "name": "caddy-ingress",
-                "chart": str(REPO / "charts" / "caddy-ingress"),
-                "namespace": "caddy-system",
-                "valuesFiles": [str(values / "caddy-ingress" / "kind.yaml")],
-                "values": {"tests": test_image},
-                "timeout": 180,
-            },
-            {
-                "name": "agave",
-                "chart": str(REPO / "charts" / "agave"),
-                "namespace": "agave",
-                "valuesFiles": [str(values / "agave" / "kind-test.yaml")],
-                "values": {
-                    "image": {"repository": agave_repo, "tag": agave_tag},
-                    "identity": {"existingSecret": "agave-identity"},
-                    "tests": test_image,
-                },
-                "secrets": [{"name": "agave-identity", "files": {"identity.json": str(keypair)}}],
-                "verify": {"url": f"http://127.0.0.1:{http_port}/", "host": RPC_HOST},
-                "timeout": 180,
-            },
-        ],
+# Probes a test can wait out: the chart's defaults (15 s x 3) are for a real node.
+FAST_PROBES = {
+    "probes": {
+        "startup": {"periodSeconds": 2},
+        "readiness": {"periodSeconds": 2, "failureThreshold": 1},
     }
-
-
-class Node:
-    """The deployment as the tests see it: the CLI, the host ports, and helm."""
-
-    def __init__(self, deployment: Deployment, http_port: int, first: Any) -> None:
-        self.deployment = deployment
-        self.http_port = http_port
-        self.first = first  # the first deploy's Run
-
-    def rpc(self, method: str, host: str = RPC_HOST) -> dict[str, Any]:
-        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method}).encode()
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.http_port}/",
-            data=body,
-            headers={"Content-Type": "application/json", "Host": host},
-            method="POST",
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return dict(json.loads(response.read()))
-
-    def helm(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [helm_binary(4), *args],
-            env=self.deployment.env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
+}
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[e2e.Node]:
     root = tmp_path_factory.mktemp("e2e")
-    keypair = root / "identity.json"
-    keypair.write_bytes(keypair_bytes("e2e"))
-    keypair.chmod(0o600)
-    cluster = f"e2e-{os.environ[nodes.OWNER_ENV]}-node"
-    http_port, https_port = free_port(), free_port()
-    spec = write_spec(root, e2e_spec(cluster, http_port, https_port, keypair))
-    env = realkind.docker_env(
-        {
-            **os.environ,
-            "KUBECONFIG": str(root / "kubeconfig"),
-            "LACONIC_HELM_STATE": str(root / "state"),
-            "LACONIC_HELM_HELM": helm_binary(4),
-        }
-    )
-    deployment = Deployment(spec, cluster, env)
-    try:
-        first = deployment.run("deploy", timeout=900)
-        assert first.code == 0, first.stderr
-        yield Node(deployment, http_port, first)
-    finally:
-        subprocess.run(
-            ["kind", "delete", "cluster", "--name", cluster],
-            env=env,
-            capture_output=True,
-            check=False,
-        )
+    with e2e.deployed(root, f"e2e-{os.environ[nodes.OWNER_ENV]}-node", agave=FAST_PROBES) as made:
+        yield made
 
 
-def test_deploy_from_no_cluster_serves_json_rpc_through_caddy(node: Node) -> None:
+def test_deploy_from_no_cluster_serves_json_rpc_through_caddy(node: e2e.Node) -> None:
     report = node.first.report
     assert report["ok"] is True and report["changed"] is True
     health = node.rpc("getHealth")
@@ -158,18 +59,38 @@ def test_deploy_from_no_cluster_serves_json_rpc_through_caddy(node: Node) -> Non
     assert second > first, "the node's slot does not advance"
 
 
-def test_the_verify_step_reaches_the_node_through_the_ingress(node: Node) -> None:
+def test_the_verify_step_reaches_the_node_through_the_ingress(node: e2e.Node) -> None:
     verify = [s for s in node.first.report["steps"] if s["name"].startswith("verify")]
     assert verify, node.first.report["steps"]
     assert all(s["status"] == "ok" for s in verify), verify
 
 
-def test_the_websocket_route_reaches_the_node(node: Node) -> None:
+def test_the_websocket_route_reaches_the_node(node: e2e.Node) -> None:
+    # Caddy closes its WebSockets with 1001 (going away) when the controller reloads its
+    # config, as it may right after a deploy: a client connects again, and so does this test.
+    for _ in range(3):
+        try:
+            reply, notification = _subscribe(node)
+            break
+        except GoingAway:
+            time.sleep(1)
+    else:
+        raise AssertionError("Caddy closed every WebSocket with 1001")
+    assert reply["id"] == 7 and isinstance(reply["result"], int)
+    assert notification["method"] == "slotNotification"
+
+
+class GoingAway(Exception):
+    """The server closed the WebSocket with status 1001."""
+
+
+def _subscribe(node: e2e.Node) -> tuple[dict[str, Any], dict[str, Any]]:
+    """slotSubscribe through Caddy's WebSocket route: the answer and the first notification."""
     key = base64.b64encode(os.urandom(16)).decode()
     with socket.create_connection(("127.0.0.1", node.http_port), timeout=10) as conn:
         conn.sendall(
             (
-                f"GET / HTTP/1.1\r\nHost: {WS_HOST}\r\nUpgrade: websocket\r\n"
+                f"GET / HTTP/1.1\r\nHost: {e2e.WS_HOST}\r\nUpgrade: websocket\r\n"
                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
                 "Sec-WebSocket-Version: 13\r\n\r\n"
             ).encode()
@@ -181,20 +102,17 @@ def test_the_websocket_route_reaches_the_node(node: Node) -> None:
         ).decode()
         assert f"sec-websocket-accept: {accept}".lower() in answer.lower()
         _send_text(conn, json.dumps({"jsonrpc": "2.0", "id": 7, "method": "slotSubscribe"}))
-        reply = json.loads(_read_text(conn))
-        assert reply["id"] == 7 and isinstance(reply["result"], int)
-        notification = json.loads(_read_text(conn))
-        assert notification["method"] == "slotNotification"
+        return json.loads(_read_text(conn)), json.loads(_read_text(conn))
 
 
-def test_helm_test_passes_for_both_releases(node: Node) -> None:
+def test_helm_test_passes_for_both_releases(node: e2e.Node) -> None:
     for release, namespace in (("caddy-ingress", "caddy-system"), ("agave", "agave")):
         done = node.helm("test", release, "--namespace", namespace, "--timeout", "180s", "--logs")
         assert done.returncode == 0, f"{release}: {done.stdout}{done.stderr}"
         assert "Phase:          Succeeded" in done.stdout, done.stdout
 
 
-def test_status_shows_both_workloads_ready(node: Node) -> None:
+def test_status_shows_both_workloads_ready(node: e2e.Node) -> None:
     status = node.deployment.run("status")
     assert status.code == 0, status.stderr
     releases = {r["release"]: r for r in status.report["releases"]}
@@ -204,7 +122,7 @@ def test_status_shows_both_workloads_ready(node: Node) -> None:
         assert release["workloads"] and all(release["workloads"].values()), release
 
 
-def test_logs_print_the_nodes_own_lines_and_follow_stops_on_ctrl_c(node: Node) -> None:
+def test_logs_print_the_nodes_own_lines_and_follow_stops_on_ctrl_c(node: e2e.Node) -> None:
     logs = node.deployment.run("logs", "--release", "agave", "--tail", "20", json_output=False)
     assert logs.code == 0, logs.stderr
     assert "agave_standin" in logs.stdout, logs.stdout
@@ -230,14 +148,121 @@ def test_logs_print_the_nodes_own_lines_and_follow_stops_on_ctrl_c(node: Node) -
     assert "Traceback" not in err, err
 
 
-def test_a_rerun_changes_nothing_and_plan_has_nothing_to_do(node: Node) -> None:
-    again = node.deployment.run("deploy")
-    assert again.code == 0, again.stderr
-    assert again.report["changed"] is False, again.report
+RERUNS = 5
+
+
+def test_reruns_change_nothing_write_nothing_and_send_no_image_bytes(node: e2e.Node) -> None:
+    api = node.api()
+    history = {r: _revisions(node, r) for r in e2e.NAMESPACES}
+    mark = api.mark()
+    for _ in range(RERUNS):
+        again = node.deployment.run("deploy")
+        assert again.code == 0, again.stderr
+        assert again.report["changed"] is False, again.report
+        images = next(s for s in again.report["steps"] if s["name"].startswith("images"))
+        assert [i["bytes_sent"] for i in images["data"]["images"]] == [0, 0, 0], images
+    assert api.writes_since(mark) == []
+    assert (
+        {r: _revisions(node, r) for r in e2e.NAMESPACES}
+        == history
+        == {
+            "caddy-ingress": 1,
+            "agave": 1,
+        }
+    )
     plan = node.deployment.run("plan")
     assert plan.code == 0 and plan.report["actions"] == [], plan.report
-    history = node.helm("history", "agave", "--namespace", "agave", "-o", "json")
-    assert len(json.loads(history.stdout)) == 1
+    assert api.writes_since(mark) == []
+
+
+def test_caddys_health_probes_pass(node: e2e.Node) -> None:
+    (pod,) = _workload_pods(node, "caddy-system", "caddy-ingress")
+    (container,) = [c for c in pod["spec"]["containers"] if c["name"] == "controller"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert _ready(pod)
+    (status,) = [s for s in pod["status"]["containerStatuses"] if s["name"] == "controller"]
+    assert status["ready"] and status["restartCount"] == 0, status
+
+
+def test_test_mode_readiness_follows_get_health(node: e2e.Node) -> None:
+    """solana-test-validator behind by more than its health-check distance answers getHealth
+    with an error: the pod leaves the Service (Caddy stops routing) and comes back when the
+    node catches up."""
+    (pod,) = _workload_pods(node, "agave", "agave")
+    name = pod["metadata"]["name"]
+    try:
+        _standin_set(node, "agave", name, "--lag", "500")
+        _eventually(lambda: not _ready(_pod(node, "agave", name)), "the pod to turn unready")
+        _eventually(lambda: _endpoints_ready(node, "agave", "agave") == 0, "Caddy's route to go")
+    finally:
+        _standin_set(node, "agave", name, "--lag", "0")
+    _eventually(lambda: _ready(_pod(node, "agave", name)), "the pod to be ready again")
+    node.wait_serving()
+    assert node.rpc("getHealth")["result"] == "ok"
+
+
+RPC_NAMESPACE = "agave-rpc"
+
+
+@pytest.fixture(scope="module")
+def rpc_node(node: e2e.Node, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The agave chart installed by hand in rpc mode (agave-validator, the preStop hook, the
+    slot-lag readiness check) beside the module's node; yields its pod's name."""
+    image, tag = e2e.repo_tag(realkind.test_images()["agave"])
+    values = {
+        "mode": "rpc",
+        "image": {"repository": image, "tag": tag},
+        "identity": {"keypair": keypair_bytes("rpc-node").decode()},
+        "volumes": {v: {"type": "emptyDir"} for v in ("ledger", "accounts", "snapshots")},
+        "terminationGracePeriodSeconds": 300,
+        **FAST_PROBES,
+    }
+    path = tmp_path_factory.mktemp("rpc") / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    done = node.helm(
+        "upgrade", "--install", "rpc", str(e2e.REPO / "charts" / "agave"),
+        "--namespace", RPC_NAMESPACE, "--create-namespace", "-f", str(path),
+        "--wait", "--timeout", "180s",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (pod,) = _workload_pods(node, RPC_NAMESPACE, "rpc")
+    yield pod["metadata"]["name"]
+    node.helm("uninstall", "rpc", "--namespace", RPC_NAMESPACE, "--wait", "--timeout", "120s")
+    node.kubectl("delete", "namespace", RPC_NAMESPACE, "--wait=false")
+
+
+def test_rpc_mode_readiness_follows_the_slot_lag(node: e2e.Node, rpc_node: str) -> None:
+    assert _ready(_pod(node, RPC_NAMESPACE, rpc_node))
+    _standin_set(node, RPC_NAMESPACE, rpc_node, "--lag", "200")  # over maxSlotLag (150)
+    _eventually(lambda: not _ready(_pod(node, RPC_NAMESPACE, rpc_node)), "the pod to turn unready")
+    _standin_set(node, RPC_NAMESPACE, rpc_node, "--lag", "100")  # behind, within the limit
+    _eventually(lambda: _ready(_pod(node, RPC_NAMESPACE, rpc_node)), "the pod to be ready again")
+
+
+def test_deleting_the_pod_runs_the_exit_hook_well_within_the_grace_period(
+    node: e2e.Node, rpc_node: str
+) -> None:
+    follow = subprocess.Popen(
+        [e2e.tool("kubectl"), "--kubeconfig", str(node.kubeconfig), "logs", "-f",
+         "--namespace", RPC_NAMESPACE, rpc_node],
+        env=node.env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        started = time.monotonic()
+        done = node.kubectl(
+            "delete", "pod", rpc_node, "--namespace", RPC_NAMESPACE, "--wait=true",
+            "--timeout", "300s",
+        )  # fmt: skip
+        took = time.monotonic() - started
+        assert done.returncode == 0, done.stderr
+        log, _ = follow.communicate(timeout=60)
+    finally:
+        follow.kill()
+    assert "validator exit requested through the admin socket" in log, log[-2000:]
+    assert "closing the ledger before exiting" in log
+    assert "received terminated" not in log  # the hook stopped it, not the kubelet's SIGTERM
+    assert took < 120, f"the pod took {took:.0f} s of its 300 s grace period to go"
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -277,5 +302,63 @@ def _read_text(conn: socket.socket) -> str:
         size = int.from_bytes(_recv_exact(conn, 2), "big")
     elif size == 127:
         size = int.from_bytes(_recv_exact(conn, 8), "big")
-    assert first & 0x0F == 1, f"not a text frame: {first:#x}"
-    return _recv_exact(conn, size).decode()
+    payload = _recv_exact(conn, size)
+    if first & 0x0F == 8 and payload[:2] == (1001).to_bytes(2, "big"):
+        raise GoingAway
+    assert first & 0x0F == 1, f"not a text frame: {first:#x} {payload!r}"
+    return payload.decode()
+
+
+def _revisions(node: e2e.Node, release: str) -> int:
+    done = node.helm("history", release, "--namespace", e2e.NAMESPACES[release], "-o", "json")
+    assert done.returncode == 0, done.stderr
+    return len(json.loads(done.stdout))
+
+
+def _pod(node: e2e.Node, namespace: str, name: str) -> dict[str, Any]:
+    return dict(node.api().harness.get(f"/api/v1/namespaces/{namespace}/pods/{name}"))
+
+
+def _workload_pods(node: e2e.Node, namespace: str, instance: str) -> list[dict[str, Any]]:
+    """The running pods of a release's Deployment (helm test pods left out)."""
+    selector = f"app.kubernetes.io/instance%3D{instance}"
+    items = node.api().harness.get(f"/api/v1/namespaces/{namespace}/pods?labelSelector={selector}")
+    return [
+        p
+        for p in items["items"]
+        if any(o["kind"] == "ReplicaSet" for o in p["metadata"].get("ownerReferences", []))
+        and not p["metadata"].get("deletionTimestamp")
+    ]
+
+
+def _ready(pod: dict[str, Any]) -> bool:
+    conditions = pod.get("status", {}).get("conditions", [])
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+def _endpoints_ready(node: e2e.Node, namespace: str, service: str) -> int:
+    slices = node.api().harness.get(
+        f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices"
+        f"?labelSelector=kubernetes.io/service-name%3D{service}"
+    )
+    return sum(
+        bool(e.get("conditions", {}).get("ready"))
+        for s in slices["items"]
+        for e in s.get("endpoints") or []
+    )
+
+
+def _standin_set(node: e2e.Node, namespace: str, pod: str, *flags: str) -> None:
+    """Changes what the running stand-in reports, through its admin socket in the pod."""
+    done = node.kubectl(
+        "exec", "--namespace", namespace, pod, "--",
+        "agave-validator", "standin", "set", *flags,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+
+def _eventually(check: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)

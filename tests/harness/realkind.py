@@ -33,7 +33,8 @@ from tests.harness.audit import AuditLog
 from tests.harness.client import Client, Credentials
 
 _AUDIT_DIR_IN_NODE = "/var/log/laconic-helm-audit"
-_POLICY_IN_NODE = "/etc/kubernetes/laconic-helm-audit-policy.yaml"
+_POLICY_DIR_IN_NODE = "/etc/kubernetes/laconic-helm-audit"
+_POLICY_IN_NODE = f"{_POLICY_DIR_IN_NODE}/policy.yaml"
 
 CACHE = Path(
     os.environ.get("LACONIC_HELM_CACHE")
@@ -126,11 +127,13 @@ def _audit_patch() -> dict[str, Any]:
     }
 
 
-def session_config(name: str, workdir: Path) -> str:
-    """The session cluster's kind config, rendered by the driver's own code from a spec: one
-    node labelled ingress-ready, this host's patches, and the audit log on the host."""
-    policy = workdir / "audit-policy.yaml"
-    policy.write_text(controlplane.AUDIT_POLICY)
+def audited(workdir: Path, **more: Any) -> tuple[dict[str, Any], Path]:
+    """`cluster_fields(**more)` plus the API server's audit log (the harness's policy), and
+    where that log appears on the host: the fields of a driver-made cluster whose writes the
+    tests count."""
+    policy = workdir / "audit-policy"  # a folder: the driver mounts folders only
+    policy.mkdir(exist_ok=True)
+    (policy / "policy.yaml").write_text(controlplane.AUDIT_POLICY)
     audit_dir = workdir / "audit"
     audit_dir.mkdir(exist_ok=True)
     audit_dir.chmod(0o777)
@@ -138,17 +141,20 @@ def session_config(name: str, workdir: Path) -> str:
         "kubeadm": [*HOST_PATCHES["kubeadm"], _audit_patch()],
         "containerd": HOST_PATCHES["containerd"],
     }
-    spec = Cluster.model_validate(
-        cluster_fields(
-            name=name,
-            kindPatches=patches,
-            mounts=[
-                {"hostPath": str(policy), "containerPath": _POLICY_IN_NODE, "readOnly": True},
-                {"hostPath": str(audit_dir), "containerPath": _AUDIT_DIR_IN_NODE},
-            ],
-        )
-    )
-    return kindcluster.render_kind_config(spec)
+    mounts = [
+        *more.pop("mounts", []),
+        {"hostPath": str(policy), "containerPath": _POLICY_DIR_IN_NODE, "readOnly": True},
+        {"hostPath": str(audit_dir), "containerPath": _AUDIT_DIR_IN_NODE},
+    ]
+    fields = cluster_fields(**more, kindPatches=patches, mounts=mounts)
+    return fields, audit_dir / "audit.log"
+
+
+def session_config(name: str, workdir: Path) -> str:
+    """The session cluster's kind config, rendered by the driver's own code from a spec: one
+    node labelled ingress-ready, this host's patches, and the audit log on the host."""
+    fields, _ = audited(workdir, name=name)
+    return kindcluster.render_kind_config(Cluster.model_validate(fields))
 
 
 def _node_file(node: str, path: str) -> bytes:
