@@ -12,6 +12,15 @@ that enter the node:
       that one image into a node that holds the old set; DX is `docker save` of it alone
   E   this loader SIGKILLed half-way through the set (E1), then run again (E2)
 
+With `--kind` the nodes are real kind nodes on the test Docker daemon (REFERENCE.md section
+10), and kind's way is kind's own `kind load docker-image`:
+
+  A   `kind load docker-image` of the set, fresh node; B this loader, fresh node
+  AC  kind again, everything present; C this loader again
+  D   this loader after one image was rebuilt with a new top layer; AD kind for that image
+      alone; DX `docker save` of it alone; ADS kind for the whole set after another such
+      rebuild (kind saves every image it is given once a node lacks one of them)
+
 Set S: images sharing one large base layer (like real stacks on a Debian base); set U: images
 sharing nothing. The loader runs as the real CLI (`python -m laconic_helm`), so its figures
 include interpreter start-up; its peak RSS is reported too. The machine is shared: the load
@@ -19,6 +28,7 @@ average is printed with the results.
 
     python benchmarks/images.py                 # set S 1.5 GiB, set U 0.9 GiB (needs ~15 GB disk)
     python benchmarks/images.py --base-mib 200 --top-mib 20 --unique-mib 60   # a quick run
+    python benchmarks/images.py --kind --base-mib 600 --top-mib 60 --unique-mib 200  # real kind
 """
 
 from __future__ import annotations
@@ -39,7 +49,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "driver"))
 
-from tests.harness import imagebuild, nodes  # noqa: E402
+from tests.harness import imagebuild, nodes, realkind  # noqa: E402
+
+from laconic_helm import cluster as kindcluster  # noqa: E402
+from laconic_helm.spec import Cluster  # noqa: E402
 
 MiB = 1 << 20
 IMPORT = [
@@ -52,6 +65,14 @@ IMPORT = [
     "--snapshotter=overlayfs",
     "-",
 ]
+
+
+@dataclass
+class ImageSet:
+    name: str
+    refs: list[str]
+    rebuild: tuple[str, str | None, int]  # the image rebuilt in D, its base, its new top size
+    total: int  # distinct bytes of the set
 
 
 @dataclass
@@ -240,8 +261,7 @@ def run_set(
     rows.append(Row(name, "C", seconds, sent, rss, "loader, all present"))
 
     ref, base, top = rebuild
-    inspect = ["docker", "image", "inspect", "--format", "{{.Id}}", ref]
-    replaced = subprocess.run(inspect, capture_output=True, text=True, check=True).stdout.strip()
+    replaced = image_id(ref)
     build(ref, {"top": top}, work, base=base)
     settle()
     seconds, sent, rss = loader(cluster_b, refs)
@@ -268,6 +288,121 @@ def run_set(
     return rows
 
 
+def kind_create(cluster: str, kubeconfig: Path) -> None:
+    """A real kind cluster as the tests make one (the node image built here, this host's
+    patches, rendered by the driver from a spec), Ready before any load is timed."""
+    config = kindcluster.render_kind_config(
+        Cluster.model_validate(realkind.cluster_fields(name=cluster))
+    )
+    argv = ["kind", "create", "cluster", "--name", cluster, "--config", "-"]
+    argv += ["--kubeconfig", str(kubeconfig), "--wait", "300s"]
+    done = subprocess.run(argv, input=config, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"kind create cluster {cluster} failed: {done.stderr.strip()}")
+
+
+def kind_load_docker_image(cluster: str, refs: list[str]) -> tuple[float, bool]:
+    """kind's own `kind load docker-image`; returns its seconds and whether it loaded (it skips
+    when every node holds every image's ID under its name)."""
+    start = time.monotonic()
+    done = subprocess.run(
+        ["kind", "load", "docker-image", "--name", cluster, *refs],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    seconds = time.monotonic() - start
+    if done.returncode != 0:
+        raise SystemExit(f"kind load docker-image failed: {done.stderr.strip()}")
+    return seconds, "not yet present" in done.stderr
+
+
+def saved(refs: list[str]) -> tuple[float, int]:
+    """`docker save` of `refs` into a pipe, discarded: its seconds and the archive's size, which
+    is what kind streams into a node for the same names."""
+    start = time.monotonic()
+    size = 0
+    with subprocess.Popen(["docker", "save", *refs], stdout=subprocess.PIPE) as child:
+        assert child.stdout is not None
+        while chunk := child.stdout.read(MiB):
+            size += len(chunk)
+    if child.returncode != 0:
+        raise SystemExit(f"docker save failed ({child.returncode})")
+    return time.monotonic() - start, size
+
+
+def run_kind(sets: list[ImageSet], work: Path, clusters: list[str], repeats: int) -> list[Row]:
+    """Every step on real kind nodes; A and B alternate `repeats` times (the machine is shared).
+
+    One pair of fresh nodes per repeat serves every set: the sets share no layer, and a kind
+    create costs far more than a load."""
+    rows: list[Row] = []
+    kubeconfig = work / "kubeconfig"
+
+    def fresh(role: str) -> str:
+        cluster = f"bench-{os.getpid()}-{role}-{uuid.uuid4().hex[:4]}"
+        clusters.append(cluster)  # named so the test harness's orphan clean-up knows it
+        kind_create(cluster, kubeconfig)
+        return cluster
+
+    def drop(cluster: str) -> None:
+        realkind.delete_cluster("kind", cluster, kubeconfig)
+        clusters.remove(cluster)
+
+    archives = {s.name: saved(s.refs)[1] for s in sets}  # what kind streams into a node
+    previous: list[str] = []
+    for _ in range(repeats):
+        for cluster in previous:  # only the last run's nodes go on to C, D and AD
+            drop(cluster)
+        cluster_a, cluster_b = fresh("a"), fresh("b")
+        for s in sets:
+            settle()
+            seconds, loaded = kind_load_docker_image(cluster_a, s.refs)
+            note = "`kind load docker-image`, fresh node"
+            rows.append(Row(s.name, "A", seconds, archives[s.name] if loaded else 0, note=note))
+            settle()
+            seconds, sent, rss = loader(cluster_b, s.refs)
+            rows.append(Row(s.name, "B", seconds, sent, rss, "loader, fresh node"))
+        previous = [cluster_a, cluster_b]
+
+    for s in sets:
+        settle()
+        seconds, loaded = kind_load_docker_image(cluster_a, s.refs)
+        note = "kind again, everything present"
+        rows.append(Row(s.name, "AC", seconds, archives[s.name] if loaded else 0, note=note))
+        settle()
+        seconds, sent, rss = loader(cluster_b, s.refs)
+        rows.append(Row(s.name, "C", seconds, sent, rss, "loader, all present"))
+
+        ref, base, top = s.rebuild
+        replaced = image_id(ref)
+        build(ref, {"top": top}, work, base=base)
+        settle()
+        seconds, sent, rss = loader(cluster_b, s.refs)
+        note = f"loader, {ref.rsplit('/', 1)[-1]} rebuilt with a new {top // MiB} MiB top layer"
+        rows.append(Row(s.name, "D", seconds, sent, rss, note))
+        settle()
+        seconds, loaded = kind_load_docker_image(cluster_a, [ref])
+        settle()
+        floor, size = saved([ref])
+        note = "kind for that image alone"
+        rows.append(Row(s.name, "AD", seconds, size if loaded else 0, note=note))
+        note = "`docker save` of that image, discarded: the floor for D on this Docker"
+        rows.append(Row(s.name, "DX", floor, 0, note=note))
+        subprocess.run(["docker", "rmi", replaced], capture_output=True, check=False)
+
+        replaced = image_id(ref)
+        build(ref, {"top": top}, work, base=base)
+        settle()
+        seconds, loaded = kind_load_docker_image(cluster_a, s.refs)
+        note = "kind for the whole set after another such rebuild"
+        rows.append(Row(s.name, "ADS", seconds, saved(s.refs)[1] if loaded else 0, note=note))
+        subprocess.run(["docker", "rmi", replaced], capture_output=True, check=False)
+    for cluster in previous:
+        drop(cluster)
+    return rows
+
+
 def table(rows: list[Row]) -> str:
     lines = [
         "| set | step | seconds | sent into the node | loader peak RSS | what |",
@@ -281,12 +416,18 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def targets(rows: list[Row], changed: dict[str, int], totals: dict[str, int]) -> str:
-    """The issue's targets, computed from the rows."""
+def fastest(rows: list[Row]) -> dict[tuple[str, str], Row]:
+    """Each (set, step)'s fastest row: of repeated steps, the least disturbed run counts."""
     by: dict[tuple[str, str], Row] = {}
-    for r in rows:  # repeated steps: the least disturbed run counts
+    for r in rows:
         if (r.set, r.step) not in by or r.seconds < by[(r.set, r.step)].seconds:
             by[(r.set, r.step)] = r
+    return by
+
+
+def targets(rows: list[Row], changed: dict[str, int], totals: dict[str, int]) -> str:
+    """The issue's targets, computed from the rows."""
+    by = fastest(rows)
     out = []
     for name in sorted({r.set for r in rows}):
         a, a1, b, c, d, ad, e1, e2 = (
@@ -309,6 +450,61 @@ def targets(rows: list[Row], changed: dict[str, int], totals: dict[str, int]) ->
     return "\n".join(out)
 
 
+def kind_targets(rows: list[Row], changed: dict[str, int]) -> str:
+    """The ratios of the real-kind mode, computed from the rows."""
+    by = fastest(rows)
+    out = []
+    for name in sorted({r.set for r in rows}):
+        a, b, ac, c, d, ad, dx, ads = (
+            by[(name, s)] for s in ("A", "B", "AC", "C", "D", "AD", "DX", "ADS")
+        )
+        out += [
+            f"set {name}: B/A = {b.seconds / a.seconds:.2f} (<= 1.0)",
+            f"set {name}: C = {c.seconds:.2f} s, {c.sent} bytes (<= 1 s, 0 bytes);"
+            f" kind's re-run AC = {ac.seconds:.2f} s, {ac.sent} bytes",
+            f"set {name}: D sent {d.sent / changed[name]:.3f}x the changed layer (<= 1.1),"
+            f" D/B = {d.seconds / b.seconds:.2f}, D/AD = {d.seconds / ad.seconds:.2f} (<= 0.35),"
+            f" D/ADS = {d.seconds / ads.seconds:.2f}; floor DX/AD = {dx.seconds / ad.seconds:.2f}",
+            f"set {name}: loader peak RSS {max(r.rss_mib or 0 for r in rows if r.set == name):.0f}"
+            " MiB (< 200 MiB)",
+        ]
+    return "\n".join(out)
+
+
+def image_id(ref: str) -> str:
+    inspect = ["docker", "image", "inspect", "--format", "{{.Id}}", ref]
+    return subprocess.run(inspect, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def build_sets(args: argparse.Namespace, repo: str, work: Path) -> list[ImageSet]:
+    """Set S (images on one shared base) and set U (images sharing nothing)."""
+    base = build(f"{repo}/base:1", {"base": args.base_mib * MiB}, work)
+    shared = [
+        build(f"{repo}/s{i}:1", {"top": args.top_mib * MiB}, work, base=base)
+        for i in range(args.images)
+    ]
+    lowers = [
+        build(f"{repo}/u{i}-lower:1", {"data": args.unique_mib * MiB}, work)
+        for i in range(args.images)
+    ]
+    unique = [
+        build(f"{repo}/u{i}:1", {"top": args.unique_top_mib * MiB}, work, base=lower)
+        for i, lower in enumerate(lowers)
+    ]
+    base_bytes = image_bytes([base])
+    return [
+        ImageSet(
+            "S",
+            shared,
+            (shared[0], base, args.top_mib * MiB),
+            base_bytes + image_bytes(shared) - args.images * base_bytes,
+        ),
+        ImageSet(
+            "U", unique, (unique[0], lowers[0], args.unique_top_mib * MiB), image_bytes(unique)
+        ),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--base-mib", type=int, default=1200, help="set S shared base layer")
@@ -317,7 +513,15 @@ def main() -> None:
     parser.add_argument("--unique-top-mib", type=int, default=8, help="set U top layer per image")
     parser.add_argument("--images", type=int, default=3, help="images per set")
     parser.add_argument("--repeats", type=int, default=2, help="runs of A and of B per set")
+    parser.add_argument(
+        "--kind", action="store_true", help="real kind nodes, kind's own `kind load docker-image`"
+    )
     args = parser.parse_args()
+    if args.kind:  # images, nodes and loader all on the test daemon real kind runs on
+        os.environ["PATH"] = f"{realkind.CACHE / 'bin'}{os.pathsep}{os.environ['PATH']}"
+        os.environ["DOCKER_HOST"] = realkind.DOCKER_HOST
+        if why := realkind.missing():
+            raise SystemExit(f"real kind cannot run here: {why}")
 
     repo = f"laconic-helm-bench/{uuid.uuid4().hex[:6]}"
     work = Path(tempfile.mkdtemp(prefix="laconic-helm-bench-"))
@@ -325,44 +529,22 @@ def main() -> None:
     rows: list[Row] = []
     try:
         print(f"building images under {repo} ...", file=sys.stderr)
-        base = build(f"{repo}/base:1", {"base": args.base_mib * MiB}, work)
-        shared = [
-            build(f"{repo}/s{i}:1", {"top": args.top_mib * MiB}, work, base=base)
-            for i in range(args.images)
-        ]
-        lowers = [
-            build(f"{repo}/u{i}-lower:1", {"data": args.unique_mib * MiB}, work)
-            for i in range(args.images)
-        ]
-        unique = [
-            build(f"{repo}/u{i}:1", {"top": args.unique_top_mib * MiB}, work, base=lower)
-            for i, lower in enumerate(lowers)
-        ]
-        base_bytes = image_bytes([base])
-        totals = {
-            "S": base_bytes + image_bytes(shared) - args.images * base_bytes,
-            "U": image_bytes(unique),
-        }
-        changed = {"S": args.top_mib * MiB, "U": args.unique_top_mib * MiB}
+        sets = build_sets(args, repo, work)
         print(
-            f"set S: {totals['S'] / MiB:.0f} MiB distinct, set U: {totals['U'] / MiB:.0f} MiB",
+            ", ".join(f"set {x.name}: {x.total / MiB:.0f} MiB distinct" for x in sets),
             file=sys.stderr,
         )
-        rows += run_set(
-            "S", shared, (shared[0], base, changed["S"]), totals["S"], work, clusters, args.repeats
-        )
-        rows += run_set(
-            "U",
-            unique,
-            (unique[0], lowers[0], changed["U"]),
-            totals["U"],
-            work,
-            clusters,
-            args.repeats,
-        )
+        if args.kind:
+            rows += run_kind(sets, work, clusters, args.repeats)
+        else:
+            for x in sets:
+                rows += run_set(x.name, x.refs, x.rebuild, x.total, work, clusters, args.repeats)
     finally:
         for cluster in clusters:
-            nodes.delete_cluster(cluster)
+            if args.kind:
+                realkind.delete_cluster("kind", cluster, work / "kubeconfig")
+            else:
+                nodes.delete_cluster(cluster)
         listed = subprocess.run(
             ["docker", "images", "--format", "{{.Repository}}:{{.Tag}}", "--filter",
              f"reference={repo}/*"],
@@ -375,7 +557,11 @@ def main() -> None:
     load = os.getloadavg()
     print(table(rows))
     print()
-    print(targets(rows, changed, totals))
+    changed = {x.name: x.rebuild[2] for x in sets}
+    if args.kind:
+        print(kind_targets(rows, changed))
+    else:
+        print(targets(rows, changed, {x.name: x.total for x in sets}))
     print(
         f"\n{args.images} images per set; set S shares a {args.base_mib} MiB base"
         f" (tops {args.top_mib} MiB), set U shares nothing"
