@@ -11,21 +11,28 @@ it back and wait until it serves again.
 from __future__ import annotations
 
 import base64
+import contextlib
+import datetime
 import hashlib
 import json
 import os
 import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.harness import e2e, nodes, realkind
-from tests.harness.deployment import keypair_bytes
+from tests.harness import e2e, laconic_so, nodes, realkind
+from tests.harness.client import Client
+from tests.harness.deployment import Deployment, keypair_bytes
+from tests.harness.fixtures import KindCLI
 
 pytestmark = pytest.mark.cluster
 
@@ -263,6 +270,179 @@ def test_deleting_the_pod_runs_the_exit_hook_well_within_the_grace_period(
     assert "closing the ledger before exiting" in log
     assert "received terminated" not in log  # the hook stopped it, not the kubelet's SIGTERM
     assert took < 120, f"the pod took {took:.0f} s of its 300 s grace period to go"
+
+
+# -- the takeover of a running laconic-so node (a cluster of its own) -------------------------
+
+LACONIC_SO_HOST = "biscayne.example.org"  # the fixture's http-proxy host name
+OLD_GRACE = 600  # the grace period the import gives laconic-so's node
+
+
+def test_import_and_adopt_take_a_running_laconic_so_node_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DOCKER_HOST", realkind.DOCKER_HOST)
+    kind = KindCLI(e2e.tool("kind"), tmp_path / "kubeconfig", standin=False)
+    cluster = kind.new_name("takeover")
+    images = realkind.test_images()
+    # The certificate backup's kubectl image, as the imported Caddy values name it.
+    subprocess.run(
+        ["docker", "tag", images["kubectl"], CERT_BACKUP_IMAGE],
+        env=realkind.docker_env(), check=True,
+    )  # fmt: skip
+    deployment = laconic_so.stage_on_kind(tmp_path, cluster, images["agave"])
+    config = yaml.safe_load((deployment / "kind-config.yml").read_text())
+    http_port = next(
+        m["hostPort"] for m in config["nodes"][0]["extraPortMappings"] if m["containerPort"] == 80
+    )
+    ledger = tmp_path / "srv" / "kind" / "solana" / "ledger"
+    try:
+        kind.run(
+            "create", "cluster", "--name", cluster, "--config", f"{deployment}/kind-config.yml"
+        )
+        api = kind.api(cluster)
+        env = realkind.docker_env(
+            {
+                **os.environ,
+                "KUBECONFIG": str(tmp_path / "kubeconfig"),
+                "LACONIC_HELM_STATE": str(tmp_path / "state"),
+                "LACONIC_HELM_HELM": e2e.tool("helm"),
+            }
+        )
+        loaded = _cli(env, "images", "load", "--cluster", cluster, images["caddy"],
+                      CERT_BACKUP_IMAGE, images["agave"])  # fmt: skip
+        assert loaded.returncode == 0, loaded.stderr
+
+        # laconic-so's node runs: on the node's host ports, its ledger in the host folder.
+        seeded = laconic_so.seed(api.harness, deployment)
+        ns, old = seeded.namespace, seeded.deployments["agave"]
+        old_pod = _eventually_found(
+            lambda: [p for p in _pods(api.harness, ns, f"{old}-") if _running(p)],
+            "laconic-so's agave pod to run",
+        )[0]["metadata"]["name"]
+        _eventually(lambda: (ledger / "admin.rpc").exists(), "the old node's ledger on the host")
+        data = {
+            f: (f / "laconic-so-data.bin").read_bytes() for f in laconic_so.data_folders(deployment)
+        }
+        cert = f"/api/v1/namespaces/caddy-system/secrets/{laconic_so.CERT_SECRET}"
+        cert_uid = api.harness.get(cert)["metadata"]["uid"]
+
+        out = tmp_path / "helm"
+        imported = _cli(env, "import", "laconic-so", "--dir", str(deployment), "--out", str(out))
+        assert imported.returncode == 0, imported.stderr
+        _serve_plain_http(out / "agave.yaml")
+        node = e2e.Node(tmp_path, Deployment(out / "deployment.yaml", cluster, env), http_port,
+                        tmp_path / "no-audit-log")  # fmt: skip
+        with _PodWatch(api.harness, ns) as watch:
+            done = node.deployment.run("deploy", "--adopt-cluster", timeout=900)
+            assert done.code == 0, f"{done.error}\n{done.stderr}"
+            new_pod = _eventually_found(
+                lambda: [p for p in _pods(api.harness, ns, "agave-") if _running(p)],
+                "the release's agave pod to run",
+            )[0]
+            node.wait_serving(host=LACONIC_SO_HOST, timeout=120)
+        for refusal in ("AlreadyExists", "already exists", "invalid ownership metadata"):
+            assert refusal not in done.stdout + done.stderr
+
+        # The old node stopped with its long grace period, and the new one started after it.
+        assert watch.grace.get(old_pod) == OLD_GRACE, watch.grace
+        gone = watch.gone[old_pod]
+        started = _started_at(new_pod)
+        assert started >= gone - 1, f"the new node started {gone - started:.1f} s before"
+        # Nothing of the host's data or of Caddy's certificates was lost.
+        assert {f: (f / "laconic-so-data.bin").read_bytes() for f in data} == data
+        assert api.harness.get(cert)["metadata"]["uid"] == cert_uid
+        assert (ledger / "admin.rpc").exists()  # the new node's ledger is the same folder
+        assert node.rpc("getHealth", host=LACONIC_SO_HOST)["result"] == "ok"
+    finally:
+        kind.run("delete", "cluster", "--name", cluster, check=False)
+
+
+CERT_BACKUP_IMAGE = "alpine/kubectl:1.35.3"
+
+
+def _serve_plain_http(values: Path) -> None:
+    """The one value an operator adds on this offline host: the public name gets no
+    certificate here, so Caddy serves it on plain HTTP instead of redirecting to HTTPS."""
+    doc = yaml.safe_load(values.read_text())
+    doc["ingress"]["annotations"] = {"caddy.ingress.kubernetes.io/disable-ssl-redirect": "true"}
+    values.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+class _PodWatch:
+    """Polls a namespace's pods in the background: the grace period each pod's deletion asked
+    for, and when each pod was last seen (monotonic clock mapped to wall time)."""
+
+    def __init__(self, client: Client, namespace: str) -> None:
+        self.client, self.namespace = client, namespace
+        self.grace: dict[str, int] = {}
+        self.seen: dict[str, float] = {}
+        self.gone: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def __enter__(self) -> _PodWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(OSError, RuntimeError, ValueError):
+                now = time.time()
+                pods = self.client.get(f"/api/v1/namespaces/{self.namespace}/pods")["items"]
+                names = set()
+                for pod in pods:
+                    name = pod["metadata"]["name"]
+                    names.add(name)
+                    self.seen[name] = now
+                    grace = pod["metadata"].get("deletionGracePeriodSeconds")
+                    if grace is not None:
+                        self.grace.setdefault(name, int(grace))
+                for name in self.seen.keys() - names - self.gone.keys():
+                    self.gone[name] = now
+            time.sleep(0.2)
+
+
+def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "laconic_helm", *args],
+        env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert "Traceback" not in done.stderr, done.stderr
+    return done
+
+
+def _pods(client: Client, namespace: str, prefix: str) -> list[dict[str, Any]]:
+    return [
+        p
+        for p in client.get(f"/api/v1/namespaces/{namespace}/pods")["items"]
+        if p["metadata"]["name"].startswith(prefix) and not p["metadata"].get("deletionTimestamp")
+    ]
+
+
+def _running(pod: dict[str, Any]) -> bool:
+    statuses = pod.get("status", {}).get("containerStatuses") or []
+    return bool(statuses) and all("running" in s.get("state", {}) for s in statuses)
+
+
+def _started_at(pod: dict[str, Any]) -> float:
+    stamp = pod["status"]["containerStatuses"][0]["state"]["running"]["startedAt"]
+    return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def _eventually_found(find: Callable[[], list[dict[str, Any]]], what: str) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+
+    def check() -> bool:
+        found[:] = find()
+        return bool(found)
+
+    _eventually(check, what, timeout=180)
+    return found
 
 
 # -- helpers --------------------------------------------------------------------------------------

@@ -36,11 +36,10 @@ import yaml
 
 from laconic_helm import images as image_loader
 from laconic_helm import releases
-from laconic_helm import spec as spec_model
 from tests.conftest import helm_binary
 from tests.harness import deployment as dep
+from tests.harness import endstate, nodes, standin
 from tests.harness import injection as inj
-from tests.harness import nodes, standin
 from tests.harness.api import KubeAPI
 from tests.harness.client import Client
 from tests.harness.fixtures import KindCLI
@@ -789,20 +788,6 @@ def _expect_interrupted(trial: Trial, run: inj.DriverRun, code: int) -> None:
             assert "re-run to continue" in report["error"], where
 
 
-def _pids_using(path: Path) -> list[str]:
-    """Command lines of live processes that mention `path` (the trial's state folder)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            with contextlib.suppress(OSError):
-                argv = (
-                    (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                )
-                if str(path) in argv:
-                    found.append(f"{entry.name}: {argv}")
-    return found
-
-
 def run_trial(world: World, trial: Trial) -> None:
     point = trial.point
     deployment = world.deployment(point.variant, trial.major)
@@ -842,49 +827,12 @@ def _claim_uid(api: KubeAPI) -> str | None:
 
 # --- the end state --------------------------------------------------------------------------
 
-_PLURALS = {
-    "Namespace": "namespaces", "ServiceAccount": "serviceaccounts", "ConfigMap": "configmaps",
-    "Secret": "secrets", "Service": "services", "Deployment": "deployments",
-    "StatefulSet": "statefulsets", "DaemonSet": "daemonsets", "Job": "jobs",
-    "CronJob": "cronjobs", "Ingress": "ingresses", "Role": "roles", "RoleBinding": "rolebindings",
-    "PersistentVolumeClaim": "persistentvolumeclaims", "ClusterRole": "clusterroles",
-    "ClusterRoleBinding": "clusterrolebindings", "IngressClass": "ingressclasses",
-    "PersistentVolume": "persistentvolumes", "RuntimeClass": "runtimeclasses",
-}  # fmt: skip
-_CLUSTER_KINDS = {"Namespace", "ClusterRole", "ClusterRoleBinding", "IngressClass",
-                  "PersistentVolume", "RuntimeClass"}  # fmt: skip
-
-
-def _manifest_keys(record: dict[str, Any]) -> set[dep.ObjectKey]:
-    keys = set()
-    for doc in yaml.safe_load_all(record.get("manifest") or ""):
-        if not doc:
-            continue
-        kind, meta = doc["kind"], doc["metadata"]
-        assert kind in _PLURALS, f"the check does not know kind {kind}"
-        ns = "" if kind in _CLUSTER_KINDS else meta.get("namespace") or record["namespace"]
-        keys.add((_PLURALS[kind], ns, meta["name"]))
-    return keys
-
-
-def expected_digests(spec_path: Path) -> dict[str, str]:
-    """The digest each release must be deployed at: the driver's own function over the spec's
-    chart, values, Secret files and local image IDs (inputs an uninterrupted run also reads)."""
-    spec = spec_model.load_spec(spec_path)
-    ids = {i.ref: i.id for i in asyncio.run(image_loader.check_images(spec.images))}
-    return {
-        r.name: releases.desired_release(
-            r, extras={f"image/{ref}": ids[ref] for ref in r.images}
-        ).digest
-        for r in spec.releases
-    }
-
 
 def check_converged(world: World, variant: str, mark: int, claim: str | None, data: bytes) -> None:
     """The end state of an uninterrupted deploy of `variant`, and nothing lost on the way."""
     api = world.api
     spec = yaml.safe_load(world.specs[variant].read_text())
-    digests = expected_digests(world.specs[variant])
+    digests = endstate.expected_digests(world.specs[variant])
     expected = set(world.baseline) | {("persistentvolumes", "", dep.LEDGER_VOLUME)}
     for release in spec["releases"]:
         name, ns = release["name"], release["namespace"]
@@ -894,7 +842,7 @@ def check_converged(world: World, variant: str, mark: int, claim: str | None, da
         assert not stuck, f"release {name} keeps revisions {statuses}"
         record = _latest(api, name)
         assert record["info"]["description"] == f"{releases.DESCRIPTION_PREFIX}{digests[name]}"
-        expected |= _manifest_keys(record) | {("namespaces", "", ns)}
+        expected |= endstate.manifest_keys(record) | {("namespaces", "", ns)}
         expected |= {("secrets", ns, s["name"]) for s in release.get("secrets", [])}
     live = _inventory(api.harness)
     assert not set(live) - expected, f"objects no deploy makes: {sorted(set(live) - expected)}"
@@ -925,7 +873,7 @@ def check_converged(world: World, variant: str, mark: int, claim: str | None, da
     if claim is not None:
         assert _claim_uid(api) == claim, "the ledger claim was replaced"
     assert (world.files.data / "ledger" / "genesis.bin").read_bytes() == data
-    left = _pids_using(world.root / "state")
+    left = endstate.pids_using(world.root / "state")
     assert not left, f"processes left working: {left}"
 
 

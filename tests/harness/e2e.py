@@ -135,14 +135,14 @@ class Node:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return dict(json.loads(response.read()))
 
-    def wait_serving(self, timeout: float = 60) -> None:
+    def wait_serving(self, timeout: float = 60, host: str = RPC_HOST) -> None:
         """Until getHealth answers "ok" through Caddy (a route is missing for a moment after
         Caddy or the node restarted)."""
         deadline = time.monotonic() + timeout
         last: object = None
         while time.monotonic() < deadline:
             try:
-                last = self.rpc("getHealth", timeout=5)
+                last = self.rpc("getHealth", host=host, timeout=5)
                 if last.get("result") == "ok":
                     return
             except (OSError, urllib.error.URLError, ValueError) as e:
@@ -167,15 +167,24 @@ class Node:
         )
 
 
-def make(root: Path, cluster: str, *, agave: dict[str, Any] | None = None) -> Node:
-    """Writes the spec of a new node (its own host ports, keypair and state folder) under
-    `root`; nothing is deployed yet."""
+def make(
+    root: Path,
+    cluster: str,
+    *,
+    agave: dict[str, Any] | None = None,
+    mounts: list[dict[str, Any]] | None = None,
+) -> Node:
+    """Writes the spec of a new node (its own host ports, keypair and state folder; agave's
+    values updated with `agave`, the node given `mounts`) under `root`; nothing is deployed
+    yet."""
     root.mkdir(parents=True, exist_ok=True)
     keypair = root / "identity.json"
     keypair.write_bytes(keypair_bytes(cluster))
     keypair.chmod(0o600)
     http_port, https_port = free_port(), free_port()
-    fields, audit_log = realkind.audited(root, name=cluster, ports=ports(http_port, https_port))
+    fields, audit_log = realkind.audited(
+        root, name=cluster, ports=ports(http_port, https_port), mounts=mounts or []
+    )
     path = write_spec(root, spec(fields, http_port, keypair, agave=agave))
     env = realkind.docker_env(
         {

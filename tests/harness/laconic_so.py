@@ -15,6 +15,9 @@ import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +26,7 @@ from typing import Any
 import yaml
 
 from tests.harness import nodes
-from tests.harness.client import Client
+from tests.harness.client import ApiError, Client, Credentials
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "laconic-so" / "agave"
 
@@ -116,6 +119,32 @@ def stage_on_standin(tmp_path: Path, cluster: str, agave_image: str) -> Path:
     backup = root / "caddy-cert-backup"
     backup.mkdir(parents=True, exist_ok=True)
     (backup / "caddy-secrets.yaml").write_text("apiVersion: v1\nkind: List\nitems: []\n")
+    return deployment
+
+
+def stage_on_kind(tmp_path: Path, cluster: str, agave_image: str) -> Path:
+    """stage_on_standin, then what real kind on this host needs: no unlimited memlock (runc here
+    cannot raise a container's RLIMIT_MEMLOCK), requests this machine can meet, and, in place of
+    laconic-so's image entrypoint (a script turning config.env into agave flags), the agave
+    stand-in started on the RPC port with its ledger in the ledger volume."""
+    deployment = stage_on_standin(tmp_path, cluster, agave_image)
+    spec_path = deployment / "spec.yml"
+    spec = yaml.safe_load(spec_path.read_text())
+    spec["security"].pop("unlimited-memlock")
+    small = {
+        "reservations": {"cpus": "0.1", "memory": "128M"},
+        "limits": {"cpus": "2.0", "memory": "2000M"},
+    }
+    spec["resources"] = {"containers": small}
+    spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    compose_path = deployment / "compose" / "docker-compose-agave.yml"
+    compose = yaml.safe_load(compose_path.read_text())
+    service = compose["services"]["agave-validator"]
+    service["deploy"]["resources"] = small
+    service["entrypoint"] = (
+        "agave-validator --ledger /data/ledger --rpc-port 8899 --rpc-bind-address 0.0.0.0 --log -"
+    )
+    compose_path.write_text(yaml.safe_dump(compose, sort_keys=False))
     return deployment
 
 
@@ -735,6 +764,30 @@ class _Maker:
         )
 
 
+def create_caddy(client: Client, deployment: Path) -> Seeded:
+    """Creates laconic-so's Caddy install alone (its objects and a certificate Secret), by
+    create-only calls, as its `deployment start` does before anything of the app."""
+    maker = _Maker(client, deployment)
+    maker.caddy()
+    return maker.seeded
+
+
+def start(kubeconfig: Path, deployment: Path, cluster: str, images: list[str]) -> None:
+    """laconic-so's `deployment start` as far as the seed bug needs it: Caddy by create-only
+    calls, then the images loaded into the node with `kind load`, one by one, the app's objects
+    last. The load of a real node's ~10 GB takes 5-10 min; a stand-in image loads in seconds,
+    so the rest of that load is a wait here. Killed during it (ansible's 600 s timeout), it
+    leaves Caddy's objects behind, and every later start fails at its first create."""
+    context = f"kind-{cluster}"
+    client = Client(Credentials.from_kubeconfig(kubeconfig.read_text(), context))
+    create_caddy(client, deployment)
+    print("laconic-so: caddy installed; loading images", flush=True)
+    for image in images:
+        subprocess.run(["kind", "load", "docker-image", "--name", cluster, image], check=True)
+    time.sleep(3600)  # the rest of ~10 GB of images
+    print("laconic-so: images loaded", flush=True)
+
+
 def seed(client: Client, deployment: Path) -> Seeded:
     """Creates what laconic-so's start leaves for the deployment dir: Caddy (its eight objects,
     a certificate Secret and the certificate backup), the app namespace with the volumes,
@@ -744,3 +797,13 @@ def seed(client: Client, deployment: Path) -> Seeded:
     maker.namespace_and_data()
     maker.app_objects()
     return maker.seeded
+
+
+if (
+    __name__ == "__main__"
+):  # python -m tests.harness.laconic_so KUBECONFIG DEPLOYMENT CLUSTER IMAGE...
+    try:
+        start(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4:])
+    except ApiError as e:  # laconic-so's own failure on a second start
+        print(f"laconic-so: {e.reason}: {e.message}", file=sys.stderr)
+        sys.exit(1)

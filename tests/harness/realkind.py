@@ -15,11 +15,13 @@ cluster's own CA, read from the control-plane node.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +65,20 @@ HOST_PATCHES: dict[str, Any] = {
 def docker_env(env: dict[str, str] | None = None) -> dict[str, str]:
     """`env` (default os.environ) with DOCKER_HOST selecting the test daemon kind runs on."""
     return {**(os.environ if env is None else env), "DOCKER_HOST": DOCKER_HOST}
+
+
+@contextlib.contextmanager
+def docker_host() -> Iterator[None]:
+    """The test daemon selected in this process too, for driver code called in-process."""
+    before = os.environ.get("DOCKER_HOST")
+    os.environ["DOCKER_HOST"] = DOCKER_HOST
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["DOCKER_HOST"]
+        else:
+            os.environ["DOCKER_HOST"] = before
 
 
 def node_image() -> str:

@@ -1,0 +1,68 @@
+"""What a converged deployment is, as the fault-injection suites check it: the objects each
+release's manifest names and the digest each release must be deployed at."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from laconic_helm import images as image_loader
+from laconic_helm import releases
+from laconic_helm import spec as spec_model
+from tests.harness.deployment import ObjectKey
+
+PLURALS = {
+    "Namespace": "namespaces", "ServiceAccount": "serviceaccounts", "ConfigMap": "configmaps",
+    "Secret": "secrets", "Service": "services", "Deployment": "deployments",
+    "StatefulSet": "statefulsets", "DaemonSet": "daemonsets", "Job": "jobs",
+    "CronJob": "cronjobs", "Ingress": "ingresses", "Role": "roles", "RoleBinding": "rolebindings",
+    "PersistentVolumeClaim": "persistentvolumeclaims", "ClusterRole": "clusterroles",
+    "ClusterRoleBinding": "clusterrolebindings", "IngressClass": "ingressclasses",
+    "PersistentVolume": "persistentvolumes", "RuntimeClass": "runtimeclasses",
+}  # fmt: skip
+CLUSTER_KINDS = {"Namespace", "ClusterRole", "ClusterRoleBinding", "IngressClass",
+                  "PersistentVolume", "RuntimeClass"}  # fmt: skip
+
+
+def manifest_keys(record: dict[str, Any]) -> set[ObjectKey]:
+    keys = set()
+    for doc in yaml.safe_load_all(record.get("manifest") or ""):
+        if not doc:
+            continue
+        kind, meta = doc["kind"], doc["metadata"]
+        assert kind in PLURALS, f"the check does not know kind {kind}"
+        ns = "" if kind in CLUSTER_KINDS else meta.get("namespace") or record["namespace"]
+        keys.add((PLURALS[kind], ns, meta["name"]))
+    return keys
+
+
+def expected_digests(spec_path: Path) -> dict[str, str]:
+    """The digest each release must be deployed at: the driver's own function over the spec's
+    chart, values, Secret files and local image IDs (inputs an uninterrupted run also reads)."""
+    spec = spec_model.load_spec(spec_path)
+    ids = {i.ref: i.id for i in asyncio.run(image_loader.check_images(spec.images))}
+    return {
+        r.name: releases.desired_release(
+            r, extras={f"image/{ref}": ids[ref] for ref in r.images}
+        ).digest
+        for r in spec.releases
+    }
+
+
+def pids_using(path: Path) -> list[str]:
+    """Command lines of live processes that mention `path` (the trial's state folder)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            with contextlib.suppress(OSError):
+                argv = (
+                    (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                )
+                if str(path) in argv:
+                    found.append(f"{entry.name}: {argv}")
+    return found
