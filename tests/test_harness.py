@@ -10,8 +10,11 @@ import dataclasses
 import gzip
 import io
 import json
+import os
+import shutil
 import signal
 import subprocess
+import sys
 import tarfile
 import time
 import uuid
@@ -570,3 +573,26 @@ def test_image_references_are_named_as_containerd_names_them() -> None:
     assert normalize_image("laconicnetwork/agave:local") == "docker.io/laconicnetwork/agave:local"
     assert normalize_image("ghcr.io/x/y:1") == "ghcr.io/x/y:1"
     assert normalize_image("localhost:5001/y") == "localhost:5001/y:latest"
+
+
+@pytest.mark.unit
+def test_node_image_libraries_are_found_for_static_and_dynamic_programs(tmp_path: Path) -> None:
+    """Debian's busybox-static has no libraries (ldd refuses it); a dynamic program has libc."""
+    if shutil.which("go") is None:
+        pytest.fail("go is not installed: the static program cannot be built")
+    (tmp_path / "main.go").write_text("package main\n\nfunc main() {}\n")
+    (tmp_path / "go.mod").write_text("module static\n\ngo 1.21\n")
+    built = subprocess.run(
+        ["go", "build", "-o", "static", "."],
+        cwd=tmp_path,
+        env={**os.environ, "CGO_ENABLED": "0"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr
+    assert nodes.shared_libraries(str(tmp_path / "static")) == []
+    dynamic = nodes.shared_libraries(sys.executable)
+    assert any(Path(lib).name.startswith("libc.so") for lib in dynamic)
+    assert all(Path(lib).is_file() for lib in dynamic)

@@ -36,8 +36,15 @@ def docker(*args: str, input: bytes | None = None, check: bool = True) -> str:
     return done.stdout.decode()
 
 
-def _shared_libraries(program: str) -> list[str]:
-    out = subprocess.run(["ldd", program], capture_output=True, text=True, check=True).stdout
+def shared_libraries(program: str) -> list[str]:
+    """The libraries `program` loads, to copy into the node image; none for a static binary
+    (Debian's busybox-static), which `ldd` refuses with exit 1 and "not a dynamic executable"."""
+    done = subprocess.run(["ldd", program], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        if "not a dynamic executable" in done.stdout + done.stderr:
+            return []
+        raise RuntimeError(f"ldd {program}: {done.stderr.strip() or done.stdout.strip()}")
+    out = done.stdout
     libs = []
     for line in out.splitlines():
         parts = line.split()
@@ -72,7 +79,7 @@ def ensure_node_image() -> str:
         raise RuntimeError(
             f"node image needs {', '.join(missing)} (apt-get install containerd busybox)"
         )
-    files = [lib for prog in _NODE_PROGRAMS for lib in (prog, *_shared_libraries(prog))]
+    files = [lib for prog in _NODE_PROGRAMS for lib in (prog, *shared_libraries(prog))]
     digest = hashlib.sha256()
     for path in sorted(set(files)):
         digest.update(path.encode())
