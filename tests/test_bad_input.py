@@ -476,3 +476,35 @@ def test_spec_path_is_a_folder(target: Target, tmp_path: Path) -> None:
 
 def test_deadline_shorter_than_a_clean_stop(target: Target, tmp_path: Path) -> None:
     refused(target, target.doc, tmp_path, "--deadline", "too short", args=("--deadline", "5"))
+
+
+def test_plan_lists_every_problem_in_one_run(target: Target, tmp_path: Path) -> None:
+    """A local image not built yet, a host port taken and a value the chart refuses: `plan`
+    names all three (a deploy would stop at the first), says which spec it read, exits 2 and
+    writes nothing."""
+    doc = _elsewhere(target.doc, "lh-bad-many")
+    doc["images"] = [*doc["images"], "laconic-helm-test/not-built:1"]
+    port = dep.free_port()
+    doc["cluster"]["ports"][0] |= {"hostPort": port, "listenAddress": "0.0.0.0"}
+    _release(doc, "agave")["values"]["mode"] = "mainnet"
+    spec = dep.write_spec(tmp_path, doc)
+    deployment = dep.Deployment(spec, target.cluster, target.env())
+    mark = target.api.mark()
+    with _listening(port):
+        done = subprocess.run(
+            [*deployment.argv("plan", json_output=False), "-o", "json"],  # -o after the command
+            env=deployment.env, capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+    assert "Traceback" not in done.stderr, done.stderr
+    report = json.loads(done.stdout)
+    assert done.returncode == 2 and report["exit_code"] == 2, done.stderr
+    problems = report["problems"]
+    assert len(problems) == 3, problems
+    expected = ("laconic-helm-test/not-built:1", f"host port {port}/TCP", "mode")
+    for part in expected:
+        assert sum(part in p for p in problems) == 1, f"{part!r} not in one of {problems}"
+        assert any(part in line for line in done.stderr.splitlines() if "✗" in line)
+    assert "\n" not in report["error"] and "2 more" in report["error"]
+    assert report["spec"] == str(spec) and f"spec: {spec}" in done.stderr
+    assert target.api.writes_since(mark) == []
+    assert nodes.list_nodes("lh-bad-many") == []

@@ -138,3 +138,23 @@ def test_deadline_stops_cleanly_and_next_run_completes(
     assert code == 0, err
     assert _release_status(api, "caddy-system", "caddy-ingress")[-1] == "deployed"
     assert _release_status(api, "agave", "agave")[-1] == "deployed"
+
+
+@pytest.mark.docker
+def test_status_and_down_say_there_is_no_cluster(
+    kind_cli: KindCLI, chart_images: d.Images, tmp_path: Path
+) -> None:
+    cluster = kind_cli.new_name("absent")  # never created
+    doc = d.full_spec(tmp_path, cluster, chart_images, d.make_files(tmp_path / "files", cluster))
+    runner = d.Deployment(
+        d.write_spec(tmp_path, doc), cluster, d.driver_env(kind_cli, tmp_path / "state", "helm")
+    )
+    status = runner.run("status")
+    assert status.code == 0, status.stderr
+    assert status.report["cluster"]["exists"] is False
+    assert f"cluster {cluster}: does not exist" in status.stderr
+    assert "0 nodes" not in status.stderr
+    down = runner.run("down")
+    assert down.code == 0, down.stderr
+    assert f"cluster {cluster} does not exist: nothing to uninstall" in down.stderr
+    assert cluster not in kind_cli.clusters()

@@ -557,11 +557,26 @@ def test_a_deployment_not_on_kind_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.unit
-def test_a_missing_identity_keypair_is_refused_naming_the_file(tmp_path: Path) -> None:
+def test_an_import_off_the_nodes_host_notes_the_missing_keypair_and_deploy_refuses(
+    tmp_path: Path,
+) -> None:
     deployment = stage(tmp_path)
     identity = deployment / "data" / "validator-config" / "validator-identity.json"
     identity.unlink()
-    assert f"{identity}: the identity keypair" in _refused(tmp_path, deployment)
+    out, report = imported(tmp_path, deployment)
+    (finding,) = [f for f in report["findings"] if f["where"] == str(identity)]
+    assert finding["kind"] == "assumed" and "is not on this host" in finding["what"]
+    spec = yaml.safe_load((out / "deployment.yaml").read_text())
+    agave = next(r for r in spec["releases"] if r["name"] == "agave")
+    assert agave["secrets"][0]["files"]["identity.json"] == str(identity)
+    assert "fsGroup" not in values(out).get("podSecurityContext", {})  # no file, no group
+    # The spec check of plan and deploy refuses until the keypair is on the host.
+    result = CliRunner().invoke(
+        main, ["plan", "-o", "json", "--spec", str(out / "deployment.yaml")]
+    )
+    assert result.exit_code == EXIT_BAD_INPUT
+    error = json.loads(result.stdout)["error"]
+    assert str(identity) in error and "does not exist" in error
 
 
 @pytest.mark.unit

@@ -11,15 +11,16 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from laconic_helm import cluster, images, lock, preflight, releases, takeover, verify
-from laconic_helm.errors import DeadlineExceeded, UserError
+from laconic_helm import cluster, host, images, lock, preflight, releases, takeover, verify
+from laconic_helm.errors import EXIT_BAD_INPUT, DeadlineExceeded, LaconicHelmError, UserError
 from laconic_helm.helm import STOP_GRACE
 from laconic_helm.helm import connect as connect_helm
 from laconic_helm.kube import Kube
+from laconic_helm.spec import BUILTIN_SOURCE
 
 if TYPE_CHECKING:
     from laconic_helm.cluster import ClusterAccess, ClusterState
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from laconic_helm.plan import Action
     from laconic_helm.spec import Release, Spec
 
+T = TypeVar("T")
 MIN_DEADLINE = 2 * STOP_GRACE  # below this no helm step could be stopped cleanly in time
 
 
@@ -39,6 +41,7 @@ class Options:
     lock_wait: float = 60.0  # seconds to wait for another run of the same deployment
     recreate_cluster: bool = False  # rebuild a cluster whose ports/mounts differ (ours only)
     adopt_cluster: bool = False  # treat a same-named cluster this tool did not create as ours
+    strict_host: bool = False  # a host short of what agave needs refuses the run (exit 2)
 
 
 @dataclass(frozen=True)
@@ -54,17 +57,25 @@ def _uses_kind(spec: Spec) -> bool:
     return spec.cluster.provider == "kind"
 
 
-async def _desired_releases(spec: Spec) -> tuple[releases.DesiredRelease, ...]:
+async def _image_ids(spec: Spec) -> dict[str, str]:
+    """The local IDs of the spec's images (loaded into kind only); raises for a missing one."""
+    if not (spec.images and _uses_kind(spec)):
+        return {}
+    return {i.ref: i.id for i in await images.check_images(spec.images)}
+
+
+def _desired(spec: Spec, image_ids: dict[str, str]) -> tuple[releases.DesiredRelease, ...]:
     """Reads every release's inputs; the IDs of the images it runs are part of its digest."""
-    image_ids: dict[str, str] = {}
-    if spec.images and _uses_kind(spec):
-        image_ids = {i.ref: i.id for i in await images.check_images(spec.images)}
     return tuple(
         releases.desired_release(
             r, extras={f"image/{ref}": image_ids[ref] for ref in r.images if ref in image_ids}
         )
         for r in spec.releases
     )
+
+
+async def _desired_releases(spec: Spec) -> tuple[releases.DesiredRelease, ...]:
+    return _desired(spec, await _image_ids(spec))
 
 
 async def _together(*work: Coroutine[Any, Any, Any]) -> list[Any]:
@@ -78,24 +89,50 @@ async def _together(*work: Coroutine[Any, Any, Any]) -> list[Any]:
     return [t.result() for t in tasks]
 
 
-async def _preflight(spec: Spec, opts: Options) -> Prepared:
-    """Checks tools, files, images and the host; raises before any side effect."""
+async def _attempt(work: Awaitable[T], problems: list[LaconicHelmError] | None) -> T | None:
+    """Awaits one check; with `problems`, a bad-input error is noted there (None returned) so
+    the other checks still run. Any other error, or without `problems`, is raised."""
+    try:
+        return await work
+    except LaconicHelmError as exc:
+        if problems is None or exc.exit_code != EXIT_BAD_INPUT:
+            raise
+        problems.append(exc)
+        return None
+
+
+async def _preflight(
+    spec: Spec, opts: Options, problems: list[LaconicHelmError] | None = None
+) -> Prepared | None:
+    """Checks tools, files, images and the host; raises before any side effect. Given
+    `problems`, it runs every check it can and collects what is wrong there instead (None is
+    returned when anything is): `plan` lists them all in one run."""
     # Independent reads, at once: a re-run spends most of its time waiting on these processes.
     access = cluster.access_of(spec.cluster)
-    _, helm, desired, state = await _together(
-        preflight.check_tools(spec.cluster),
-        connect_helm(kubeconfig=access.kubeconfig, context=access.context),
-        _desired_releases(spec),
-        cluster.observe_cluster(spec.cluster),
+    _, helm, image_ids, state = await _together(
+        _attempt(preflight.check_tools(spec.cluster), problems),
+        _attempt(connect_helm(kubeconfig=access.kubeconfig, context=access.context), problems),
+        _attempt(_image_ids(spec), problems),
+        _attempt(cluster.observe_cluster(spec.cluster), problems),
     )
+    # Without the image IDs (an image is missing) the digests are off, the renders are not.
+    desired = await _attempt(asyncio.to_thread(_desired, spec, image_ids or {}), problems)
     # The charts' own checks refuse a values mistake now.
-    await _together(*(releases.check_renders(helm, release) for release in desired))
-    await preflight.check_host(spec.cluster, state)
-    # Planning raises for a cluster we may not touch (not ours, or incompatible).
-    cluster.plan_cluster(
+    if helm is not None and desired is not None:
+        await _together(*(_attempt(releases.check_renders(helm, r), problems) for r in desired))
+    if state is not None:
+        await _attempt(preflight.check_host(spec.cluster, state), problems)
+        # Planning raises for a cluster we may not touch (not ours, or incompatible).
+        await _attempt(_plan_cluster(spec, state, opts), problems)
+    if problems or helm is None or image_ids is None or desired is None or state is None:
+        return None
+    return Prepared(desired, state, helm)
+
+
+async def _plan_cluster(spec: Spec, state: ClusterState, opts: Options) -> list[Action]:
+    return cluster.plan_cluster(
         spec.cluster, state, recreate=opts.recreate_cluster, adopt=opts.adopt_cluster
     )
-    return Prepared(desired, state, helm)
 
 
 @contextlib.asynccontextmanager
@@ -150,6 +187,7 @@ async def deploy(spec: Spec, reporter: Reporter, opts: Options) -> dict[str, Any
         raise UserError(
             f"--deadline: {opts.deadline:g} s is too short; give at least {MIN_DEADLINE:g}"
         )
+    host.check_tuning(spec, reporter, strict=opts.strict_host)
     deadline = time.monotonic() + opts.deadline if opts.deadline is not None else None
     current: list[str] = []
     async with (
@@ -159,6 +197,7 @@ async def deploy(spec: Spec, reporter: Reporter, opts: Options) -> dict[str, Any
         current.append("preflight")
         with reporter.step("preflight") as rec:
             prepared = await _preflight(spec, opts)
+            assert prepared is not None  # without a problems list, every problem raises
             rec.done("ok", f"{len(prepared.desired)} releases, {len(spec.images)} images")
 
         current.append("cluster")
@@ -201,13 +240,30 @@ async def deploy(spec: Spec, reporter: Reporter, opts: Options) -> dict[str, Any
 
 
 async def plan(spec: Spec, reporter: Reporter, opts: Options) -> dict[str, Any]:
-    """Lists what `deploy` would do against the live state; writes nothing."""
-    with reporter.step("preflight"):
-        prepared = await _preflight(spec, opts)
+    """Lists what `deploy` would do against the live state, or every problem that would stop
+    it (exit 2); writes nothing."""
+    reporter.line(f"spec: {describe_source(spec)}")
+    problems: list[LaconicHelmError] = []
+    host.check_tuning(spec, reporter, strict=opts.strict_host)
+    with reporter.step("preflight") as rec:
+        prepared = await _preflight(spec, opts, problems)
+        if prepared is None:
+            rec.done("failed", f"{len(problems)} problem(s) would stop the deploy")
+    if prepared is None:
+        for problem in problems:
+            reporter.line(f"  ✗ {_message(problem)}")
+        first = _message(problems[0])
+        more = f" (and {len(problems) - 1} more, listed above)" if len(problems) > 1 else ""
+        return {
+            "ok": False,
+            "exit_code": EXIT_BAD_INPUT,
+            "error": f"{first}{more}",
+            "problems": [_message(p) for p in problems],
+            "actions": [],
+            "spec": str(spec.source),
+        }
     state = prepared.cluster_state
-    planned = cluster.plan_cluster(
-        spec.cluster, state, recreate=opts.recreate_cluster, adopt=opts.adopt_cluster
-    )
+    planned = await _plan_cluster(spec, state, opts)
     lines = [a.line() for a in planned]
     # Adopting a cluster only records it as ours: what is in it can be planned as it is.
     unchanged = all(a.verb == "adopt-cluster" for a in planned)
@@ -241,14 +297,28 @@ async def plan(spec: Spec, reporter: Reporter, opts: Options) -> dict[str, Any]:
         lines += [f"release/{d.name}: install {d.target}" for d in prepared.desired]
     for line in lines or ["nothing to do: the deployment matches the spec"]:
         reporter.line(line)
-    return {"actions": lines, "changed": False}
+    return {"actions": lines, "changed": False, "spec": str(spec.source)}
+
+
+def describe_source(spec: Spec) -> str:
+    """Which spec a run used: the operator may not know there was no ./deployment.yaml."""
+    if spec.source is None or str(spec.source) == BUILTIN_SOURCE:
+        return "the built-in default (Caddy + agave test node on kind; no ./deployment.yaml here)"
+    return str(spec.source)
+
+
+def _message(exc: LaconicHelmError) -> str:
+    return exc.message + (f" ({exc.hint})" if exc.hint else "")
 
 
 async def status(spec: Spec, reporter: Reporter) -> dict[str, Any]:
     """Reports cluster, nodes, images and releases as they are; writes nothing."""
     state = await cluster.observe_cluster(spec.cluster)
     doc: dict[str, Any] = {"cluster": state.summary(), "images": {}, "releases": []}
-    healthy = (state.exists or not _uses_kind(spec)) and not state.problems
+    if _uses_kind(spec) and not state.exists:
+        reporter.line(f"✗ cluster {state.name}: does not exist (`laconic-helm deploy` creates it)")
+        return doc
+    healthy = not state.problems
     problems = f"; {'; '.join(state.problems)}" if state.problems else ""
     reporter.line(
         f"{'✓' if healthy else '✗'} cluster {state.name}: {len(state.nodes)} nodes, "
@@ -286,7 +356,14 @@ async def down(
     async with lock.deployment_lock(spec.cluster.name, wait=lock_wait):
         state = await cluster.observe_cluster(spec.cluster)
         # An unhealthy cluster cannot uninstall anything; it must not block its own deletion.
-        if (state.exists or not _uses_kind(spec)) and not state.problems:
+        if _uses_kind(spec) and not state.exists:
+            reporter.line(f"cluster {spec.cluster.name} does not exist: nothing to uninstall")
+        elif state.problems:
+            reporter.line(
+                f"cluster {spec.cluster.name}: releases left as they are, the cluster is not "
+                f"healthy ({'; '.join(state.problems)})"
+            )
+        else:
             access = await cluster.ensure_kubeconfig(spec.cluster, state)
             k, h = await _connect(access)
             for r in reversed(spec.releases):

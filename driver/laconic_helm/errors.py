@@ -1,7 +1,8 @@
 """The one exception hierarchy; each class carries the exit code `cli.py` turns it into.
 
-Exit codes: 0 converged, 1 failed, 2 bad input (nothing changed), 3 partial progress (deadline
-or interrupted: re-run to continue), 4 another run holds the lock.
+Exit codes (README's table): 0 converged, 1 failed, 2 bad input or a host not as required (a
+missing tool too; nothing changed), 3 partial progress (deadline or interrupted: re-run to
+continue), 4 another run holds the lock.
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ class SpecError(UserError):
 
 
 class ToolMissingError(LaconicHelmError):
-    """A required external tool is absent or unusable."""
+    """A required external tool is absent or unusable: the host is not as required."""
+
+    exit_code = EXIT_BAD_INPUT
 
 
 class CommandError(LaconicHelmError):

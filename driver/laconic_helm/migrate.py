@@ -711,8 +711,11 @@ def _keypair(
     container_path: str,
     volumes: Mapping[str, _Volume],
     error: Callable[[str], UserError],
-) -> tuple[Path, int]:
-    """The host file of a keypair the node reads, and its group; raises when it is not there."""
+    found: _Findings,
+) -> tuple[Path, int | None]:
+    """The host file of a keypair the node reads, and its group (None when the file is not on
+    this host: an import may run off the node's host, the deploy's spec check then refuses
+    until the file is there)."""
     for target, volume in sorted(volumes.items(), key=lambda kv: len(kv[0]), reverse=True):
         prefix = target.rstrip("/") + "/"
         if container_path.startswith(prefix) and volume.host:
@@ -726,12 +729,13 @@ def _keypair(
     try:
         info = path.stat()
     except OSError:
-        raise UserError(
-            f"{path}: the {what} keypair ({container_path} in the node, volume {volume.name}) "
-            "does not exist",
-            hint="run the import on the host that runs the node (laconic-so's rpc mode made "
-            "the identity at first start)",
-        ) from None
+        found.add(
+            "assumed", str(path), f"the {what} keypair ({container_path} in the node, volume "
+            f"{volume.name}) is not on this host; the spec names it there, and `laconic-helm "
+            "deploy` refuses to start until it is (import on the node's host to also carry over "
+            "its group as fsGroup; laconic-so's rpc mode made the identity at first start)",
+        )  # fmt: skip
+        return path, None
     if not path.is_file():
         raise UserError(f"{path}: the {what} keypair is not a file")
     return path, info.st_gid
@@ -1154,13 +1158,13 @@ def map_agave(
     secrets: list[dict[str, Any]] = []
     gid = None
     if mode != "test":
-        path, gid = _keypair("identity", IDENTITY_IN_CONTAINER, volumes, in_volumes)
+        path, gid = _keypair("identity", IDENTITY_IN_CONTAINER, volumes, in_volumes, found)
         secrets.append({"name": IDENTITY_SECRET, "files": {"identity.json": str(path)}})
         values["identity"] = {"existingSecret": IDENTITY_SECRET, "secretKey": "identity.json"}
     if mode == "validator":
         vote = env.get("VOTE_ACCOUNT_KEYPAIR", VOTE_IN_CONTAINER)
         path, _ = _keypair(
-            "vote account", vote, volumes, lambda m: at.error("VOTE_ACCOUNT_KEYPAIR", m)
+            "vote account", vote, volumes, lambda m: at.error("VOTE_ACCOUNT_KEYPAIR", m), found
         )
         secrets.append({"name": VOTE_SECRET, "files": {"vote-account.json": str(path)}})
         values["vote"] = {"existingSecret": VOTE_SECRET, "secretKey": "vote-account.json"}
@@ -1516,7 +1520,7 @@ def write_files(out: Path, files: Mapping[str, str], *, force: bool) -> bool:
         tmp.mkdir()
         for name, text in files.items():
             (tmp / name).write_text(text)
-        load_spec(tmp / SPEC_FILE)
+        load_spec(tmp / SPEC_FILE, secret_files=False)  # a keypair may be on the node's host
         if out.exists():
             for name in files:
                 (tmp / name).replace(out / name)
