@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import re
+import typing
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
+from pydantic import BaseModel
 
 from laconic_helm import spec
 from laconic_helm.errors import EXIT_BAD_INPUT, SpecError
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.unit
 
@@ -192,3 +198,59 @@ def test_retire_names_a_previous_installers_objects(workdir: Path) -> None:
 )
 def test_bad_retire_is_refused_in_one_line(workdir: Path, retire: str, expected: str) -> None:
     assert expected in _error(workdir, RETIRING.format(retire=retire))
+
+
+EXAMPLE = REPO / "examples" / "deployment.yaml"
+# What a commented-out alternative looks like in the example: `# key: ...` or `# - ...`, written
+# at the indentation it has once uncommented.
+_ALTERNATIVE = re.compile(r"^(\s*)# (\s*(- |[A-Za-z][\w.-]*:(\s|$)).*)$")
+
+
+def _with_alternatives(text: str) -> str:
+    return "\n".join(
+        m.group(1) + m.group(2) if (m := _ALTERNATIVE.match(line)) else line
+        for line in text.splitlines()
+    )
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The model a field holds (itself, optional, or as the items of a tuple), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next(filter(None, map(_model_of, typing.get_args(annotation))), None)
+
+
+def _missing_fields(model: type[BaseModel], nodes: list[Any], where: str = "") -> list[str]:
+    """Key paths of the model's fields that no mapping in `nodes` (at `where`) has, recursively."""
+    missing = []
+    for name, field in model.model_fields.items():
+        if field.exclude:  # not part of the document (the spec's own file name)
+            continue
+        key = field.alias or name
+        values = [node[key] for node in nodes if isinstance(node, dict) and key in node]
+        if not values:
+            missing.append(f"{where}{key}")
+        elif (sub := _model_of(field.annotation)) is not None:
+            items = [item for v in values for item in (v if isinstance(v, list) else [v])]
+            missing += _missing_fields(sub, items, f"{where}{key}.")
+    return missing
+
+
+def test_example_spec_is_the_built_in_default() -> None:
+    example = spec.load_spec(EXAMPLE)
+    assert example.model_dump() == spec.default_spec().model_dump()
+    # builtin: values files resolve to the shipped overlays wherever the spec is.
+    assert example.releases[0].values_files == (
+        spec.data_dir("values") / "caddy-ingress" / "kind.yaml",
+    )
+
+
+def test_example_spec_shows_every_field_of_the_model() -> None:
+    text = EXAMPLE.read_text()
+    # The walk reaches nested models; fields that would change the default are commented out.
+    live_only = _missing_fields(spec.Spec, [yaml.safe_load(text)])
+    assert {"cluster.mounts.hostPath", "releases.retire"} <= set(live_only)
+    with_alternatives = yaml.safe_load(_with_alternatives(text))
+    assert _missing_fields(spec.Spec, [with_alternatives]) == []
+    # Each commented alternative is a valid value for its field.
+    spec.Spec.model_validate(with_alternatives)

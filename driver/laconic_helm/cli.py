@@ -95,6 +95,27 @@ def doctor(app: App) -> None:
     _run(app, work)
 
 
+@main.command()
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="File to write. Default: ./deployment.yaml, the spec the other commands read.",
+)
+@click.pass_obj
+def init(app: App, out: Path | None) -> None:
+    """Writes the default deployment spec, every field commented, to edit; never overwrites."""
+    from laconic_helm import spec
+
+    async def work() -> dict[str, Any]:
+        with app.reporter.step("write the default spec") as rec:
+            written = spec.write_example(out)
+            rec.done("changed", str(written))
+        return {"spec": str(written.resolve())}
+
+    _run(app, work)
+
+
 @main.group()
 def images() -> None:
     """Moves local Docker images into a kind cluster's nodes."""

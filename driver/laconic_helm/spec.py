@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from laconic_helm.errors import SpecError
+from laconic_helm.errors import SpecError, UserError
 
 DEFAULT_SPEC_NAME = "deployment.yaml"
 DEFAULT_CLUSTER = "laconic-local"
@@ -275,7 +275,10 @@ class Release(_Model):
     chart: str = Field(description="Chart folder (relative to the spec) or builtin:<chart>.")
     namespace: Name = Field(description="Release namespace (created when absent).")
     values_files: tuple[Path, ...] = Field(
-        (), alias="valuesFiles", description="Values files, applied in order."
+        (),
+        alias="valuesFiles",
+        description="Values files, applied in order: paths relative to the spec, or "
+        "builtin:<chart>/<file> for an overlay shipped in values/.",
     )
     values: dict[str, Any] = Field(default_factory=dict, description="Inline values, applied last.")
     secrets: tuple[SecretSpec, ...] = Field((), description="Secrets created before the release.")
@@ -317,10 +320,27 @@ class Spec(_Model):
         return self
 
 
-def data_dir(kind: Literal["charts", "values"]) -> Path:
-    """Returns the charts/ or values/ folder shipped with the package (or the repo's, editable)."""
+def data_dir(kind: Literal["charts", "values", "examples"]) -> Path:
+    """Returns a folder shipped with the package (or the repo's, editable): charts/, values/, or
+    examples/ (its deployment.yaml alone is shipped)."""
     packaged = Path(__file__).parent / "_data" / kind
     return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / kind
+
+
+def write_example(out: Path | None = None) -> Path:
+    """Writes examples/deployment.yaml (the built-in default, every field commented) to `out`
+    (default ./deployment.yaml, the spec commands read), to edit; never over an existing file,
+    which may be an operator's edited spec. Returns the path written."""
+    out = out or Path(DEFAULT_SPEC_NAME)
+    text = (data_dir("examples") / DEFAULT_SPEC_NAME).read_text()
+    try:
+        with out.open("x") as f:
+            f.write(text)
+    except FileExistsError:
+        raise UserError(f"{out}: already exists; edit it or pass another --out") from None
+    except OSError as exc:
+        raise UserError(f"{out}: cannot write ({exc.strerror})") from None
+    return out
 
 
 def _error_path(loc: tuple[int | str, ...]) -> str:
@@ -360,10 +380,13 @@ def parse_spec(data: Any, *, source: str, base: Path) -> Spec:
     return _resolve(spec, source=source, base=base)
 
 
+def _builtin(ref: str, kind: Literal["charts", "values"]) -> Path | None:
+    """The shipped chart or overlay that `builtin:<path>` names; None for any other reference."""
+    return data_dir(kind) / ref.removeprefix("builtin:") if ref.startswith("builtin:") else None
+
+
 def _resolve_chart(chart: str, base: Path) -> str:
-    if chart.startswith("builtin:"):
-        return str(data_dir("charts") / chart.removeprefix("builtin:"))
-    return str((base / chart).resolve())
+    return str(_builtin(chart, "charts") or (base / chart).resolve())
 
 
 def _resolve(spec: Spec, *, source: str, base: Path) -> Spec:
@@ -379,7 +402,7 @@ def _resolve(spec: Spec, *, source: str, base: Path) -> Spec:
         chart = _resolve_chart(r.chart, base)
         if not (Path(chart) / "Chart.yaml").is_file():
             raise SpecError(f"{source}: releases[{i}].chart: no chart (Chart.yaml) at {chart}")
-        values_files = tuple(path(p) for p in r.values_files)
+        values_files = tuple(_builtin(str(p), "values") or path(p) for p in r.values_files)
         for j, p in enumerate(values_files):
             must_exist(p, f"releases[{i}].valuesFiles[{j}]", "values file")
             load_values_file(p, f"releases[{i}].valuesFiles[{j}]")
