@@ -177,6 +177,15 @@ def _cluster_options(command: Callable[..., Any]) -> Callable[..., Any]:
     )(command)
 
 
+def _strict_host_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--strict-host",
+        is_flag=True,
+        help="Refuse (exit 2) a host short of the sysctls and memlock an agave rpc or validator "
+        "node needs, or on cgroup v1 for a kubelet that refuses it; else only a warning.",
+    )(command)
+
+
 def _load(spec_file: Path | None) -> Any:
     from laconic_helm import spec
 
@@ -195,6 +204,7 @@ def _load(spec_file: Path | None) -> Any:
 )
 @_lock_option
 @_cluster_options
+@_strict_host_option
 @click.option(
     "--dry-run",
     is_flag=True,
@@ -208,12 +218,13 @@ def deploy(
     lock_wait: float,
     recreate_cluster: bool,
     adopt_cluster: bool,
+    strict_host: bool,
     dry_run: bool,
 ) -> None:
     """Brings cluster, images and releases to the spec, redoing nothing already done."""
     from laconic_helm import deploy as sequence
 
-    opts = sequence.Options(deadline, lock_wait, recreate_cluster, adopt_cluster)
+    opts = sequence.Options(deadline, lock_wait, recreate_cluster, adopt_cluster, strict_host)
     run = sequence.plan if dry_run else sequence.deploy
 
     async def work() -> dict[str, Any]:
@@ -225,12 +236,17 @@ def deploy(
 @main.command()
 @_spec_option
 @_cluster_options
+@_strict_host_option
 @click.pass_obj
-def plan(app: App, spec_file: Path | None, recreate_cluster: bool, adopt_cluster: bool) -> None:
+def plan(
+    app: App, spec_file: Path | None, recreate_cluster: bool, adopt_cluster: bool, strict_host: bool
+) -> None:
     """Shows what `deploy` would do against the live state; writes nothing."""
     from laconic_helm import deploy as sequence
 
-    opts = sequence.Options(recreate_cluster=recreate_cluster, adopt_cluster=adopt_cluster)
+    opts = sequence.Options(
+        recreate_cluster=recreate_cluster, adopt_cluster=adopt_cluster, strict_host=strict_host
+    )
 
     async def work() -> dict[str, Any]:
         return await sequence.plan(_load(spec_file), app.reporter, opts)

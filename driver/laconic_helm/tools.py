@@ -9,7 +9,7 @@ import re
 import tarfile
 from dataclasses import dataclass, replace
 
-from laconic_helm import proc
+from laconic_helm import host, proc
 from laconic_helm.errors import CommandError, ToolMissingError
 
 SUPPORTED_HELM_MAJORS = (3, 4)
@@ -153,9 +153,18 @@ async def check_kubectl() -> ToolStatus:
     return status
 
 
+def host_statuses() -> list[ToolStatus]:
+    """The host settings an agave rpc or validator node needs, and the cgroup version, as
+    optional lines: doctor has no spec, so a short setting is information, never a failure."""
+    proc_root = host.proc_root()
+    settings = [*host.agave_settings(proc_root), host.cgroup_setting(proc_root, None)]
+    return [ToolStatus(s.name, False, s.ok is True, s.value, s.detail()) for s in settings]
+
+
 async def doctor() -> list[ToolStatus]:
-    """Checks every tool at once; the result lists required tools first. Where Docker answers,
-    kind is judged by whether the nodes it would make can start, not only by its version."""
+    """Checks every tool at once, then the host; the result lists required tools first. Where
+    Docker answers, kind is judged by whether the nodes it would make can start, not only by
+    its version."""
 
     async def docker_and_privileged() -> list[ToolStatus]:
         docker = await check_docker()
@@ -167,4 +176,4 @@ async def doctor() -> list[ToolStatus]:
     privileged = docker[1] if len(docker) > 1 else None
     if kind.ok and privileged is not None and not privileged.ok:
         kind = replace(kind, ok=False, detail="found, but cannot create a cluster here (below)")
-    return [*docker[:1], kind, *docker[1:], helm, kubectl]
+    return [*docker[:1], kind, *docker[1:], helm, kubectl, *host_statuses()]
