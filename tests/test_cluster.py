@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from laconic_helm import cluster
+from laconic_helm import cluster, docker
 from laconic_helm.cluster import (
     BindMount,
     ClusterState,
@@ -151,7 +151,7 @@ def inspect_doc(**overrides: Any) -> dict[str, Any]:
         "State": {"Status": "running", "StartedAt": "2026-01-01T12:00:02.5Z"},
         "Config": {
             "Image": "kindest/node:v1.35.0",
-            "Labels": {cluster.CLUSTER_LABEL: "lh", cluster.ROLE_LABEL: "control-plane"},
+            "Labels": {docker.CLUSTER_LABEL: "lh", docker.ROLE_LABEL: "control-plane"},
         },
         "HostConfig": {
             "PortBindings": {

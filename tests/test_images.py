@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -388,6 +389,29 @@ def test_load_then_present_sends_nothing(builder: Builder, cluster: str) -> None
 
     again = _load(cluster, ref)[ref]
     assert (again.status, again.bytes_sent, again.nodes) == ("skipped", 0, {node: "present"})
+
+
+@pytest.mark.docker
+def test_loading_reaches_docker_only_through_laconic_helm_docker(
+    builder: Builder, cluster: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The `docker` on PATH refuses to run, so any call that bypasses the adapter fails the load.
+    real = shutil.which("docker")
+    assert real is not None
+    ref = builder.build("a:1", {"f": os.urandom(100 << 10)})
+    calls = tmp_path / "docker-calls.log"
+    recorder = tmp_path / "docker-recorder"
+    recorder.write_text(f'#!/bin/sh\necho "$1" >> {calls}\nexec {real} "$@"\n')
+    recorder.chmod(0o755)
+    refusing = tmp_path / "bin"
+    refusing.mkdir()
+    (refusing / "docker").write_text("#!/bin/sh\necho not this docker >&2\nexit 97\n")
+    (refusing / "docker").chmod(0o755)
+    monkeypatch.setenv("LACONIC_HELM_DOCKER", str(recorder))
+    monkeypatch.setenv("PATH", f"{refusing}{os.pathsep}{os.environ['PATH']}")
+
+    assert _load(cluster, ref)[ref].status == "loaded"
+    assert set(calls.read_text().split()) >= {"ps", "image", "exec", "save"}
 
 
 @pytest.mark.docker

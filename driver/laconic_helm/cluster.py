@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
-from laconic_helm import __version__, paths, proc
+from laconic_helm import __version__, docker, paths, proc
 from laconic_helm.errors import ClusterError, CommandError, UserError
 from laconic_helm.kube import ObjectRef
 from laconic_helm.plan import Action
@@ -45,8 +45,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STEP = "cluster"
-CLUSTER_LABEL = "io.x-k8s.kind.cluster"  # kind's own labels on its node containers
-ROLE_LABEL = "io.x-k8s.kind.role"
 API_PORT = 6443  # the API server's port inside the control-plane container
 KIND_CONFIG_API = "kind.x-k8s.io/v1alpha4"
 MEMLOCK_RUNTIME = "high-memlock"  # containerd runtime name = RuntimeClass name and handler
@@ -533,7 +531,7 @@ def parse_node(doc: dict[str, Any]) -> Node:
     return Node(
         name=doc["Name"].lstrip("/"),
         id=doc["Id"],
-        role=labels.get(ROLE_LABEL, ""),
+        role=labels.get(docker.ROLE_LABEL, ""),
         status=state.get("Status", "unknown"),
         created=_parse_time(doc["Created"]),
         started=started if started and started.year > 1 else None,
@@ -543,23 +541,17 @@ def parse_node(doc: dict[str, Any]) -> Node:
     )
 
 
-async def _docker(*args: str, check: bool = True) -> proc.Completed:
-    return await proc.run([tool_path("docker"), *args], check=check)
-
-
 async def list_nodes(name: str) -> list[Node]:
     """Returns the node containers labelled as cluster `name` (kind's own label), any state."""
-    ids = (
-        await _docker("ps", "-a", "--no-trunc", "-q", "--filter", f"label={CLUSTER_LABEL}={name}")
-    ).text.split()
+    ids = await docker.node_containers(name, "{{.ID}}")
     if not ids:
         return []
     # A node can go between the listing and the inspection (kind, or a killed kind's docker run,
     # still at work): docker then prints the others and names the missing one.
-    done = await _docker("inspect", *ids, check=False)
+    done = await docker.run("inspect", *ids, check=False)
     said = [line for line in done.stderr.decode(errors="replace").splitlines() if line.strip()]
     if done.returncode != 0 and not all("No such object" in line for line in said):
-        done = await _docker("inspect", *ids)  # the error, typed
+        done = await docker.run("inspect", *ids)  # the error, typed
     found = json.loads(done.stdout or b"[]")
     return sorted((parse_node(d) for d in found), key=lambda n: n.name)
 
@@ -655,7 +647,7 @@ async def _probe_api(
 
 
 async def _memlock_runtime(node: str) -> bool | None:
-    done = await _docker("exec", node, "cat", "/etc/containerd/config.toml", check=False)
+    done = await docker.run("exec", node, "cat", "/etc/containerd/config.toml", check=False)
     if done.returncode != 0:
         return False if "No such file" in done.stderr.decode(errors="replace") else None
     return bool(re.search(rf'runtimes\.(?:"{MEMLOCK_RUNTIME}"|{MEMLOCK_RUNTIME})\]', done.text))
@@ -972,7 +964,7 @@ async def _kind_create(cluster: Cluster) -> None:
 
 
 async def _start_node(node: str) -> None:
-    await _docker("start", node)
+    await docker.run("start", node)
 
 
 def _adopt(state: ClusterState) -> None:

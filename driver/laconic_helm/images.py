@@ -25,7 +25,7 @@ from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
-from laconic_helm import proc
+from laconic_helm import docker, proc
 from laconic_helm.archive import (
     ArchiveImage,
     PipeWriter,
@@ -45,8 +45,6 @@ if TYPE_CHECKING:
 
     from laconic_helm.output import Progress, Reporter
 
-CLUSTER_LABEL = "io.x-k8s.kind.cluster"
-ROLE_LABEL = "io.x-k8s.kind.role"
 NODE_ROLES = ("control-plane", "worker")
 NAMESPACE = "k8s.io"  # where kubelet's CRI looks for images
 DEFAULT_SNAPSHOTTER = "overlayfs"
@@ -221,16 +219,13 @@ def _tail(output: bytes | str) -> str:
 
 
 async def _ctr(node: str, *args: str, check: bool = True) -> proc.Completed:
-    return await proc.run(["docker", "exec", node, "ctr", "-n", NAMESPACE, *args], check=check)
+    return await docker.run("exec", node, "ctr", "-n", NAMESPACE, *args, check=check)
 
 
 async def list_clusters() -> list[str]:
     """Names of the kind clusters whose node containers exist (running or not)."""
-    done = await proc.run(
-        ["docker", "ps", "-a", "--filter", f"label={CLUSTER_LABEL}", "--format",
-         f'{{{{.Label "{CLUSTER_LABEL}"}}}}'],
-    )  # fmt: skip
-    return sorted({line.strip() for line in done.text.splitlines() if line.strip()})
+    lines = await docker.node_containers(None, docker.label_format(docker.CLUSTER_LABEL))
+    return sorted({line.strip() for line in lines})
 
 
 async def check_cluster(cluster: str) -> list[str]:
@@ -238,15 +233,13 @@ async def check_cluster(cluster: str) -> list[str]:
 
     Raises UserError for an unknown cluster, a cluster without nodes, or a node not running.
     """
-    fmt = f'{{{{.Names}}}}\t{{{{.State}}}}\t{{{{.Label "{ROLE_LABEL}"}}}}'
-    done = await proc.run(
-        ["docker", "ps", "-a", "--filter", f"label={CLUSTER_LABEL}={cluster}", "--format", fmt]
-    )
-    rows = [line.split("\t") for line in done.text.splitlines() if line.strip()]
+    fmt = f"{{{{.Names}}}}\t{{{{.State}}}}\t{docker.label_format(docker.ROLE_LABEL)}"
+    rows = [line.split("\t") for line in await docker.node_containers(cluster, fmt)]
     if not rows:
         known = await list_clusters()
         raise UserError(
-            f'unknown cluster "{cluster}": no container is labelled {CLUSTER_LABEL}={cluster}',
+            f'unknown cluster "{cluster}": no container is labelled '
+            f"{docker.CLUSTER_LABEL}={cluster}",
             hint=f"clusters here: {', '.join(known)}" if known else "no kind cluster exists here",
         )
     nodes = [(row[0], row[1]) for row in rows if len(row) == 3 and row[2] in NODE_ROLES]
@@ -264,7 +257,7 @@ async def check_images(refs: Sequence[str]) -> list[LocalImage]:
     for ref in refs:
         if _ID_REF.match(ref):
             raise UserError(f"image {ref}: give its repository:tag, not its ID (a node runs names)")
-    done = await proc.run(["docker", "image", "inspect", *refs], check=False)
+    done = await docker.run("image", "inspect", *refs, check=False)
     if done.returncode != 0:
         errors = done.stderr.decode(errors="replace")
         missing = [
@@ -273,7 +266,7 @@ async def check_images(refs: Sequence[str]) -> list[LocalImage]:
         if missing:
             noun = "image" if len(missing) == 1 else "images"
             raise UserError(f"{noun} not present locally: {', '.join(missing)}")
-        raise CommandError(["docker", "image", "inspect"], done.returncode, done.stderr.decode())
+        raise CommandError(docker.argv("image", "inspect"), done.returncode, done.stderr.decode())
     found = json.loads(done.stdout)
     return [
         LocalImage(
@@ -318,7 +311,7 @@ async def get_node_state(node: str) -> NodeState:
 
 async def get_snapshotter(node: str) -> str:
     """The snapshotter kubelet's containerd unpacks images with (kind reads it the same way)."""
-    done = await proc.run(["docker", "exec", node, "containerd", "config", "dump"], check=False)
+    done = await docker.run("exec", node, "containerd", "config", "dump", check=False)
     return _snapshotter(done.text) if done.returncode == 0 else DEFAULT_SNAPSHOTTER
 
 
@@ -456,7 +449,7 @@ def _results(
 
 async def docker_save(refs: Sequence[str], stdout: int) -> asyncio.subprocess.Process:
     """Starts `docker save` of `refs` for the nodes' platform, writing the archive to `stdout`."""
-    return await proc.spawn(["docker", "save", *await _platform_args(), *refs], stdout=stdout)
+    return await docker.spawn("save", *await _platform_args(), *refs, stdout=stdout)
 
 
 async def _platform_args() -> list[str]:
@@ -465,7 +458,7 @@ async def _platform_args() -> list[str]:
     With containerd's image store a multi-platform image would otherwise be saved as a whole
     index with the blobs of the host platform only. The nodes run on this daemon's platform.
     """
-    done = await proc.run(["docker", "version", "--format", "{{json .}}"], check=False)
+    done = await docker.run("version", "--format", "{{json .}}", check=False)
     try:
         info = json.loads(done.stdout)
         client, server = info["Client"], info["Server"]
@@ -535,9 +528,9 @@ class _Importer:
         snapshotter = await get_snapshotter(node)
         read_fd, write_fd = open_pipe()
         try:
-            process = await proc.spawn(
-                ["docker", "exec", "-i", node, "ctr", "-n", NAMESPACE, "images", "import",
-                 "--snapshotter", snapshotter, "-"],
+            process = await docker.spawn(
+                "exec", "-i", node, "ctr", "-n", NAMESPACE, "images", "import",
+                "--snapshotter", snapshotter, "-",
                 stdin=read_fd,
                 stderr=asyncio.subprocess.STDOUT,
             )  # fmt: skip

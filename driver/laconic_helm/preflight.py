@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from laconic_helm import cluster as kind
-from laconic_helm import proc, tools
+from laconic_helm import docker, tools
 from laconic_helm.errors import ToolMissingError, UserError
 
 if TYPE_CHECKING:
@@ -34,9 +34,9 @@ _TCP_LISTEN = "0A"
 
 async def check_tools(cluster: Cluster) -> None:
     """Raises ToolMissingError unless docker answers and (for kind) kind is new enough."""
-    docker = await tools.check_docker()
-    if not docker.ok:
-        raise ToolMissingError(f"docker: {docker.detail}")
+    daemon = await tools.check_docker()
+    if not daemon.ok:
+        raise ToolMissingError(f"docker: {daemon.detail}")
     if cluster.provider != "kind":
         return
     found = await tools.check_kind()
@@ -118,11 +118,9 @@ def port_in_use(address: str, port: int, protocol: str) -> bool | None:
 
 async def _holder(port: int, protocol: str) -> str:
     """Names the container publishing `port`, when a container is what holds it."""
-    done = await proc.run(
-        [
-            tools.tool_path("docker"), "ps", "--filter", f"publish={port}/{protocol.lower()}",
-            "--format", f'{{{{.Names}}}}\t{{{{.Label "{kind.CLUSTER_LABEL}"}}}}',
-        ],
+    done = await docker.run(
+        "ps", "--filter", f"publish={port}/{protocol.lower()}",
+        "--format", f"{{{{.Names}}}}\t{docker.label_format(docker.CLUSTER_LABEL)}",
         check=False,
     )  # fmt: skip
     if done.returncode != 0 or not done.text.strip():
