@@ -16,6 +16,7 @@ import datetime
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -127,6 +128,12 @@ def test_status_shows_both_workloads_ready(node: e2e.Node) -> None:
     for release in releases.values():
         assert release["status"] == "deployed", release
         assert release["workloads"] and all(release["workloads"].values()), release
+    # The node's own view, read through Caddy: its identity is the keypair's.
+    health = releases["agave"]["node"]
+    assert health["reachable"] and health["health"] == "ok", health
+    assert health["slot"] > 0 and health["lag"] is not None and health["version"]
+    assert health["identity"] == node.rpc("getIdentity")["result"]["identity"]
+    assert "✓ node agave: ok, slot" in status.stderr
 
 
 def test_logs_print_the_nodes_own_lines_and_follow_stops_on_ctrl_c(node: e2e.Node) -> None:
@@ -153,6 +160,37 @@ def test_logs_print_the_nodes_own_lines_and_follow_stops_on_ctrl_c(node: e2e.Nod
     finally:
         follow.kill()
     assert "Traceback" not in err, err
+
+
+def test_logs_since_keeps_only_recent_lines(node: e2e.Node) -> None:
+    time.sleep(4)  # the node has logged for longer than the window by now
+    started = time.time()
+    logs = node.deployment.run("logs", "--since", "3", json_output=True)
+    assert logs.code == 0, logs.stderr
+    stamps = [_stamp(entry["line"]) for entry in logs.report["entries"]]
+    stamps = [t for t in stamps if t is not None]
+    assert stamps, logs.report
+    assert min(stamps) >= started - 3 - 2, "a line older than --since"  # 2 s of clock slack
+
+
+def test_status_watch_refreshes_until_ctrl_c(node: e2e.Node) -> None:
+    watch = subprocess.Popen(
+        node.deployment.argv("status", "--watch", "--interval", "1", json_output=False),
+        env=node.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert watch.stderr is not None
+        deadline, rounds = time.monotonic() + 60, 0
+        while rounds < 2 and time.monotonic() < deadline:
+            if watch.stderr.readline().startswith("✓ node agave: ok"):
+                rounds += 1
+        assert rounds == 2, "no second refresh"
+        watch.send_signal(signal.SIGINT)
+        _, err = watch.communicate(timeout=30)
+    finally:
+        watch.kill()
+    assert watch.returncode == 0, err  # Ctrl-C is how a watch ends
+    assert "Traceback" not in err
 
 
 RERUNS = 5
@@ -270,6 +308,28 @@ def test_deleting_the_pod_runs_the_exit_hook_well_within_the_grace_period(
     assert "closing the ledger before exiting" in log
     assert "received terminated" not in log  # the hook stopped it, not the kubelet's SIGTERM
     assert took < 120, f"the pod took {took:.0f} s of its 300 s grace period to go"
+
+
+def test_logs_previous_show_the_instance_before_a_restart(node: e2e.Node) -> None:
+    (pod,) = _workload_pods(node, "agave", "agave")
+    name = pod["metadata"]["name"]
+    done = node.kubectl(
+        "exec", "--namespace", "agave", name, "--", "agave-validator", "exit", "--force"
+    )
+    assert done.returncode == 0, done.stderr
+
+    def restarted() -> bool:
+        found = _pod(node, "agave", name)
+        statuses = found.get("status", {}).get("containerStatuses") or [{}]
+        return statuses[0].get("restartCount", 0) >= 1 and _ready(found)
+
+    _eventually(restarted, "the node's container to restart", timeout=120)
+    logs = node.deployment.run("logs", "--previous", json_output=False)
+    assert logs.code == 0, logs.stderr
+    assert "validator exit requested through the admin socket" in logs.stdout
+    current = node.deployment.run("logs", json_output=False)
+    assert "validator exit requested" not in current.stdout
+    node.wait_serving()
 
 
 # -- the takeover of a running laconic-so node (a cluster of its own) -------------------------
@@ -542,3 +602,11 @@ def _eventually(check: Callable[[], bool], what: str, timeout: float = 60) -> No
     while not check():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.5)
+
+
+def _stamp(line: str) -> float | None:
+    """The time of an agave log line ("[2026-12-06T08:00:00.000Z INFO ...]"), if it has one."""
+    found = re.match(r"\[(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)", line)
+    if found is None:
+        return None
+    return datetime.datetime.fromisoformat(found[1] + "+00:00").timestamp()

@@ -1,17 +1,22 @@
-"""verify: the RPC probe against a real HTTP server on loopback playing the ingress."""
+"""verify: the RPC probe against a real HTTP server on loopback playing the ingress, and the
+node health `status` reads, from the agave RPC stand-in program."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
-from laconic_helm.verify import probe_rpc
+from laconic_helm.verify import probe_rpc, read_health
 
 pytestmark = pytest.mark.unit
 
@@ -87,3 +92,74 @@ def test_a_route_the_ingress_takes_in_late_is_reported_ok(ingress: str) -> None:
 def test_nothing_listening_is_unreachable() -> None:
     probe = asyncio.run(probe_rpc("http://127.0.0.1:9/", HOST, settle=0))
     assert not probe.ok and probe.detail.startswith("unreachable")
+
+
+# -- node health (status), read from the agave RPC stand-in program run here ------------------
+
+
+def _free_pair() -> int:
+    """A port whose next port is free too (the stand-in's WebSocket takes RPC + 1)."""
+    for _ in range(50):
+        with socket.socket() as first:
+            first.bind(("127.0.0.1", 0))
+            port = int(first.getsockname()[1])
+            with socket.socket() as second:
+                try:
+                    second.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+        return port
+    raise AssertionError("no two free ports in a row")
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """The agave stand-in (scripts/provision-kind builds it) as solana-test-validator: its RPC
+    URL and its ledger (where the admin socket is)."""
+    binary = shutil.which("agave-standin")
+    if binary is None:
+        pytest.fail("agave-standin not provisioned (scripts/provision-tools)")
+    port, ledger = _free_pair(), tmp_path / "ledger"
+    process = subprocess.Popen(
+        [binary, "solana-test-validator", "--rpc-port", str(port), "--ledger", str(ledger)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 30
+        while not (ledger / "admin.rpc").exists():
+            assert time.monotonic() < deadline and process.poll() is None, "the node did not start"
+            time.sleep(0.05)
+        yield url, ledger
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def test_node_health_reads_slot_lag_version_and_identity(node: tuple[str, Path]) -> None:
+    url, ledger = node
+    health = asyncio.run(read_health(url, None))
+    assert health.reachable and health.health == "ok", health
+    assert health.slot is not None and health.slot > 0
+    assert health.lag is not None and health.lag < 10
+    assert health.version and health.identity
+    assert f"✓ node agave: ok, slot {health.slot}" in health.line("agave")
+
+    binary = shutil.which("agave-standin")
+    assert binary is not None
+    subprocess.run(
+        [binary, "agave-validator", "--ledger", str(ledger), "standin", "set", "--lag", "500"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    behind = asyncio.run(read_health(url, None))
+    assert behind.reachable and "behind" in behind.health.lower(), behind
+    assert behind.lag == 500
+    assert behind.as_dict()["lag"] == 500 and behind.line("agave").startswith("! node agave")
+
+
+def test_an_unreachable_node_is_reported_not_raised() -> None:
+    url = f"http://127.0.0.1:{_free_pair()}/"
+    health = asyncio.run(read_health(url, "rpc.agave.localhost"))
+    assert not health.reachable and health.health.startswith("unreachable")
+    assert health.slot is None and health.lag is None
+    assert health.line("agave").startswith("✗ node agave: RPC unreachable")

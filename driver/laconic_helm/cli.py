@@ -11,7 +11,13 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from laconic_helm import __version__
-from laconic_helm.errors import EXIT_FAILED, EXIT_OK, LaconicHelmError, UserError
+from laconic_helm.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_OK,
+    LaconicHelmError,
+    UserError,
+)
 from laconic_helm.output import OutputMode, Reporter
 
 if TYPE_CHECKING:
@@ -75,10 +81,29 @@ def main(ctx: click.Context, output: OutputMode, verbose: int) -> None:
     ctx.obj = App(Reporter(output), verbose)
 
 
+def _set_output(ctx: click.Context, _: click.Parameter, value: OutputMode | None) -> None:
+    if value is not None:
+        ctx.find_object(App).reporter = Reporter(value)
+
+
+def _output_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """`-o/--output` after the subcommand too (`laconic-helm deploy -o json`), as before it."""
+    return click.option(
+        "--output",
+        "-o",
+        type=click.Choice(["human", "json"]),
+        default=None,
+        expose_value=False,
+        callback=_set_output,
+        help="As `laconic-helm --output`: human lines, or one JSON object on stdout.",
+    )(command)
+
+
 @main.command()
+@_output_option
 @click.pass_obj
 def doctor(app: App) -> None:
-    """Checks the external tools the driver needs; exits 1 when a required one is missing."""
+    """Checks the external tools the driver needs; exits 2 when a required one is missing."""
     from laconic_helm import tools
 
     async def work() -> dict[str, Any]:
@@ -88,6 +113,7 @@ def doctor(app: App) -> None:
         missing = [s.name for s in statuses if s.required and not s.ok]
         return {
             "ok": not missing,
+            "exit_code": EXIT_BAD_INPUT if missing else EXIT_OK,
             "error": f"missing or unusable: {', '.join(missing)}" if missing else None,
             "tools": [vars(s) for s in statuses],
         }
@@ -96,6 +122,7 @@ def doctor(app: App) -> None:
 
 
 @main.command()
+@_output_option
 @click.option(
     "--out",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -132,6 +159,7 @@ def _lock_option(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @images.command("load")
+@_output_option
 @click.option("--cluster", required=True, help="kind cluster name (its nodes are found by label).")
 @_lock_option
 @click.argument("image", nargs=-1, required=True)
@@ -195,6 +223,7 @@ def _load(spec_file: Path | None) -> Any:
 
 
 @main.command()
+@_output_option
 @_spec_option
 @click.option(
     "--deadline",
@@ -234,6 +263,7 @@ def deploy(
 
 
 @main.command()
+@_output_option
 @_spec_option
 @_cluster_options
 @_strict_host_option
@@ -255,19 +285,34 @@ def plan(
 
 
 @main.command()
+@_output_option
 @_spec_option
+@click.option("--watch", is_flag=True, help="Refresh until Ctrl-C (human output only).")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=1),
+    default=5.0,
+    show_default=True,
+    help="Seconds between refreshes with --watch.",
+)
 @click.pass_obj
-def status(app: App, spec_file: Path | None) -> None:
-    """Reports the cluster, nodes, images and each release as they are now."""
+def status(app: App, spec_file: Path | None, watch: bool, interval: float) -> None:
+    """Reports the cluster, nodes, images, each release and the node's own health as they are."""
     from laconic_helm import deploy as sequence
 
     async def work() -> dict[str, Any]:
-        return await sequence.status(_load(spec_file), app.reporter)
+        if watch and app.reporter.mode == "json":
+            raise UserError("--watch: not with --output json (the report is one JSON object)")
+        spec = _load(spec_file)
+        if watch:
+            return await sequence.watch_status(spec, app.reporter, interval)
+        return await sequence.status(spec, app.reporter)
 
     _run(app, work)
 
 
 @main.command()
+@_output_option
 @_spec_option
 @click.option(
     "--delete-cluster",
@@ -294,6 +339,7 @@ def import_() -> None:
 
 
 @import_.command("laconic-so")
+@_output_option
 @click.option(
     "--dir",
     "deployment_dir",
@@ -325,16 +371,36 @@ def import_laconic_so(
 
 
 @main.command()
+@_output_option
 @_spec_option
 @click.option("--release", "release_name", default=None, help="Release (default: the last one).")
 @click.option("-f", "--follow", is_flag=True, help="Keep streaming new lines (Ctrl-C stops).")
 @click.option("--tail", type=click.IntRange(min=0), default=None, help="Only the last N lines.")
+@click.option(
+    "--since",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="SECONDS",
+    help="Only lines of the last SECONDS.",
+)
+@click.option(
+    "--previous",
+    is_flag=True,
+    help="The lines of the container's previous instance (before its last restart).",
+)
 @click.pass_obj
 def logs(
-    app: App, spec_file: Path | None, release_name: str | None, follow: bool, tail: int | None
+    app: App,
+    spec_file: Path | None,
+    release_name: str | None,
+    follow: bool,
+    tail: int | None,
+    since: int | None,
+    previous: bool,
 ) -> None:
     """Prints the pod logs of a release (the app by default), like kubectl logs."""
     from laconic_helm import logs as pod_logs
+    from laconic_helm.kube import LogQuery
 
     collected: list[dict[str, str]] = []
 
@@ -347,9 +413,8 @@ def logs(
     async def work() -> dict[str, Any]:
         if follow and app.reporter.mode == "json":
             raise UserError("--follow: not with --output json (the report is one JSON object)")
-        found = await pod_logs.pod_logs(
-            _load(spec_file), release_name, follow=follow, tail=tail, emit=emit
-        )
+        query = LogQuery(follow=follow, tail=tail, since=since, previous=previous)
+        found = await pod_logs.pod_logs(_load(spec_file), release_name, query=query, emit=emit)
         return {**found, "entries": collected} if app.reporter.mode == "json" else found
 
     _run(app, work)

@@ -346,7 +346,24 @@ async def status(spec: Spec, reporter: Reporter) -> dict[str, Any]:
             f"{summary['status']} rev {summary['revision']}, "
             f"{ready}/{len(workloads)} workloads ready"
         )
+        if r.verify is not None:  # the node's own view: slot, lag, version, identity
+            node = await verify.read_health(r.verify.url, r.verify.host)
+            summary["node"] = node.as_dict()
+            reporter.line(node.line(r.name))
     return doc
+
+
+async def watch_status(spec: Spec, reporter: Reporter, interval: float) -> dict[str, Any]:
+    """`status` again every `interval` seconds until Ctrl-C (or SIGTERM), which is how a watch
+    ends: the run then finishes normally with the last report."""
+    doc: dict[str, Any] = {}
+    try:
+        while True:
+            reporter.line(f"— {time.strftime('%H:%M:%S')}")
+            doc = await status(spec, reporter)
+            await asyncio.sleep(interval)
+    except asyncio.CancelledError:
+        return doc
 
 
 async def down(

@@ -163,6 +163,16 @@ def encode_release(record: Mapping[str, Any]) -> str:
     return base64.b64encode(base64.b64encode(packed)).decode()
 
 
+@dataclass(frozen=True)
+class LogQuery:
+    """Which lines of a container's log: kubectl logs' -f, --tail, --since and --previous."""
+
+    follow: bool = False
+    tail: int | None = None  # the last N lines only
+    since: int | None = None  # seconds back from now
+    previous: bool = False  # the container's previous instance (before its last restart)
+
+
 class Kube:
     """A connection to one cluster's API (one kubeconfig context)."""
 
@@ -471,7 +481,7 @@ class Kube:
         return sorted(items, key=lambda p: p["metadata"].get("creationTimestamp") or "")
 
     def pod_log_lines(
-        self, namespace: str, pod: str, *, container: str | None, follow: bool, tail: int | None
+        self, namespace: str, pod: str, *, container: str | None, query: LogQuery
     ) -> Iterator[str]:
         """Yields a container's log lines as the API streams them (blocking; run in a thread)."""
         from kubernetes.client import CoreV1Api
@@ -479,7 +489,8 @@ class Kube:
 
         try:
             response = CoreV1Api(self._api).read_namespaced_pod_log(
-                pod, namespace, container=container, follow=follow, tail_lines=tail,
+                pod, namespace, container=container, follow=query.follow,
+                tail_lines=query.tail, since_seconds=query.since, previous=query.previous,
                 _preload_content=False,
             )  # fmt: skip
         except ApiException as exc:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from laconic_helm import cluster
 from laconic_helm.errors import UserError
-from laconic_helm.kube import Kube
+from laconic_helm.kube import Kube, LogQuery
 
 if TYPE_CHECKING:
     from laconic_helm.spec import Release, Spec
@@ -32,8 +32,7 @@ async def pod_logs(
     spec: Spec,
     release_name: str | None,
     *,
-    follow: bool,
-    tail: int | None,
+    query: LogQuery,
     emit: Callable[[str, str], None],
 ) -> dict[str, Any]:
     """Sends each log line of the release's pods to `emit(pod, line)`; follows if asked."""
@@ -62,9 +61,7 @@ async def pod_logs(
     def read(pod: str, container: str, future: asyncio.Future[int]) -> None:
         count = 0
         try:
-            lines = k.pod_log_lines(
-                release.namespace, pod, container=container, follow=follow, tail=tail
-            )
+            lines = k.pod_log_lines(release.namespace, pod, container=container, query=query)
             for line in lines:
                 with lock:
                     emit(pod, line)

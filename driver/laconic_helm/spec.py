@@ -369,7 +369,7 @@ def _one_line(source: str, exc: ValidationError) -> str:
     return f"{source}: {where}{msg}{more}"
 
 
-def parse_spec(data: Any, *, source: str, base: Path) -> Spec:
+def parse_spec(data: Any, *, source: str, base: Path, secret_files: bool = True) -> Spec:
     """Validates a spec document and resolves its paths against `base`; raises SpecError."""
     if not isinstance(data, Mapping):
         raise SpecError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
@@ -377,7 +377,7 @@ def parse_spec(data: Any, *, source: str, base: Path) -> Spec:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
         raise SpecError(_one_line(source, exc)) from None
-    return _resolve(spec, source=source, base=base)
+    return _resolve(spec, source=source, base=base, secret_files=secret_files)
 
 
 def _builtin(ref: str, kind: Literal["charts", "values"]) -> Path | None:
@@ -389,7 +389,10 @@ def _resolve_chart(chart: str, base: Path) -> str:
     return str(_builtin(chart, "charts") or (base / chart).resolve())
 
 
-def _resolve(spec: Spec, *, source: str, base: Path) -> Spec:
+def _resolve(spec: Spec, *, source: str, base: Path, secret_files: bool) -> Spec:
+    """Paths made absolute and checked; `secret_files` False leaves the Secrets' files
+    unchecked (an import off the node's host writes a spec naming files kept there)."""
+
     def path(p: Path) -> Path:
         return p if p.is_absolute() else (base / p).resolve()
 
@@ -411,6 +414,8 @@ def _resolve(spec: Spec, *, source: str, base: Path) -> Spec:
             files = {k: path(p) for k, p in s.files.items()}
             for k, p in files.items():
                 key = f"releases[{i}].secrets[{j}].files.{k}"
+                if not secret_files and not p.exists():
+                    continue
                 must_exist(p, key, "secret file")
                 if not p.is_file():
                     raise SpecError(f"{source}: {key}: {p} is not a file")
@@ -447,8 +452,9 @@ def load_values_file(p: Path, key: str | None = None) -> dict[str, Any]:
     return data
 
 
-def load_spec(path: Path | None) -> Spec:
-    """Loads the spec at `path`, or the built-in default when `path` is None."""
+def load_spec(path: Path | None, *, secret_files: bool = True) -> Spec:
+    """Loads the spec at `path`, or the built-in default when `path` is None; `secret_files`
+    False accepts Secret files that are not on this host (yet)."""
     if path is None:
         return default_spec()
     try:
@@ -466,7 +472,10 @@ def load_spec(path: Path | None) -> Spec:
         where = f"line {mark.line + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise SpecError(f"{path}: {where}not valid YAML ({problem})") from None
-    return parse_spec(data, source=str(path), base=path.parent.resolve())
+    return parse_spec(data, source=str(path), base=path.parent.resolve(), secret_files=secret_files)
+
+
+BUILTIN_SOURCE = "(built-in default)"  # the `source` of the spec used when no file is given
 
 
 def default_spec() -> Spec:
@@ -496,4 +505,4 @@ def default_spec() -> Spec:
             },
         ],
     }
-    return parse_spec(doc, source="(built-in default)", base=Path.cwd())
+    return parse_spec(doc, source=BUILTIN_SOURCE, base=Path.cwd())

@@ -1,4 +1,5 @@
-"""The last step: a JSON-RPC call through the ingress, as a user of the node would make it.
+"""JSON-RPC calls through the ingress, as a user of the node would make them: the deploy's last
+step (is the node served?) and the node's own health in `status` (slot, lag, version, identity).
 
 The result is reported, never fatal: a node that is still catching up answers `behind`, and
 that is news for the operator, not a failed deploy.
@@ -42,20 +43,10 @@ def _call(url: str, host: str | None, method: str) -> dict[str, Any]:
 
 
 def _probe(url: str, host: str | None) -> Probe:
-    try:
-        health = _call(url, host, "getHealth")
-        version = _call(url, host, "getVersion").get("result", {}).get("solana-core")
-    except urllib.error.HTTPError as exc:
-        return Probe(url, host, False, f"HTTP {exc.code} from the ingress")
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        return Probe(url, host, False, f"unreachable ({reason})")
-    except (ValueError, AttributeError):
-        return Probe(url, host, False, "the answer is not JSON-RPC")
-    if "result" in health:
-        return Probe(url, host, health["result"] == "ok", f"getHealth: {health['result']}", version)
-    message = health.get("error", {}).get("message", "error")
-    return Probe(url, host, False, f"getHealth: {message}", version)
+    node = _read_health(url, host)
+    if not node.reachable:
+        return Probe(url, host, False, node.health)
+    return Probe(url, host, node.health == "ok", f"getHealth: {node.health}", node.version)
 
 
 # What an ingress answers while it has not taken the new route in (it applies its config a few
@@ -74,3 +65,89 @@ async def probe_rpc(url: str, host: str | None, *, settle: float = 30.0) -> Prob
         if asyncio.get_running_loop().time() >= deadline:
             return probe
         await asyncio.sleep(1.0)
+
+
+@dataclass(frozen=True)
+class NodeHealth:
+    """The node's own view of itself, read through its RPC: what `status` shows beside the
+    Kubernetes readiness (a pod can be ready while the node falls behind, and the reverse)."""
+
+    url: str
+    host: str | None
+    reachable: bool
+    health: str  # "ok", agave's reason when not ("behind by N slots"), or why unreachable
+    slot: int | None = None  # processed slot
+    shred_slot: int | None = None  # highest slot the node has shreds for
+    version: str | None = None
+    identity: str | None = None
+
+    @property
+    def lag(self) -> int | None:
+        if self.slot is None or self.shred_slot is None:
+            return None
+        return max(self.shred_slot - self.slot, 0)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "host": self.host,
+            "reachable": self.reachable,
+            "health": self.health,
+            "slot": self.slot,
+            "shredSlot": self.shred_slot,
+            "lag": self.lag,
+            "version": self.version,
+            "identity": self.identity,
+        }
+
+    def line(self, release: str) -> str:
+        if not self.reachable:
+            return f"✗ node {release}: RPC {self.health}"
+        mark = "✓" if self.health == "ok" else "!"
+        return (
+            f"{mark} node {release}: {self.health}, slot {self.slot}, shreds to "
+            f"{self.shred_slot} (lag {self.lag}), version {self.version}, "
+            f"identity {self.identity}"
+        )
+
+
+def _number(answer: dict[str, Any]) -> int | None:
+    result = answer.get("result")
+    return result if isinstance(result, int) else None
+
+
+def _text(answer: dict[str, Any], key: str) -> str | None:
+    result = answer.get("result")
+    return str(result[key]) if isinstance(result, dict) and key in result else None
+
+
+def _read_health(url: str, host: str | None) -> NodeHealth:
+    try:
+        health = _call(url, host, "getHealth")
+        answers = {m: _call(url, host, m) for m in _NODE_METHODS}
+    except urllib.error.HTTPError as exc:
+        return NodeHealth(url, host, False, f"HTTP {exc.code} from the ingress")
+    except (urllib.error.URLError, OSError) as exc:
+        return NodeHealth(url, host, False, f"unreachable ({getattr(exc, 'reason', exc)})")
+    except (ValueError, AttributeError):
+        return NodeHealth(url, host, False, "the answer is not JSON-RPC")
+    state = health.get("result") or health.get("error", {}).get("message", "error")
+    return NodeHealth(
+        url,
+        host,
+        True,
+        str(state),
+        slot=_number(answers["getSlot"]),
+        shred_slot=_number(answers["getMaxShredInsertSlot"]),
+        version=_text(answers["getVersion"], "solana-core"),
+        identity=_text(answers["getIdentity"], "identity"),
+    )
+
+
+_NODE_METHODS = ("getSlot", "getMaxShredInsertSlot", "getVersion", "getIdentity")
+
+
+async def read_health(url: str, host: str | None) -> NodeHealth:
+    """Reads health, slots, version and identity at `url`; an unreachable node is reported in
+    the result, never raised (status shows it)."""
+    return await asyncio.to_thread(_read_health, url, host)
