@@ -134,6 +134,10 @@ def test_status_shows_both_workloads_ready(node: e2e.Node) -> None:
     assert health["slot"] > 0 and health["lag"] is not None and health["version"]
     assert health["identity"] == node.rpc("getIdentity")["result"]["identity"]
     assert "✓ node agave: ok, slot" in status.stderr
+    # The ledger's free space, as the node sees it.
+    (ledger,) = [v for v in releases["agave"]["volumes"] if v["volume"] == "ledger"]
+    assert ledger["path"] == "/data/ledger" and 0 < ledger["free"] <= ledger["total"], ledger
+    assert f"volume ledger (/data/ledger in {ledger['pod']})" in status.stderr
 
 
 def test_logs_print_the_nodes_own_lines_and_follow_stops_on_ctrl_c(node: e2e.Node) -> None:

@@ -15,7 +15,17 @@ from collections.abc import AsyncIterator, Awaitable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from laconic_helm import cluster, host, images, lock, preflight, releases, takeover, verify
+from laconic_helm import (
+    cluster,
+    host,
+    images,
+    lock,
+    preflight,
+    releases,
+    takeover,
+    verify,
+    volumes,
+)
 from laconic_helm.errors import EXIT_BAD_INPUT, DeadlineExceeded, LaconicHelmError, UserError
 from laconic_helm.helm import STOP_GRACE
 from laconic_helm.helm import connect as connect_helm
@@ -350,6 +360,15 @@ async def status(spec: Spec, reporter: Reporter) -> dict[str, Any]:
             node = await verify.read_health(r.verify.url, r.verify.host)
             summary["node"] = node.as_dict()
             reporter.line(node.line(r.name))
+        running = [
+            p
+            for p in await k.list_pods(r.namespace, f"app.kubernetes.io/instance={r.name}")
+            if p.get("status", {}).get("phase") == "Running"
+        ]
+        spaces = [s for p in running for s in await volumes.volume_space(k, p)]
+        summary["volumes"] = [s.as_dict() for s in spaces]
+        for space in spaces:
+            reporter.line(f"  {space.line()}")
     return doc
 
 

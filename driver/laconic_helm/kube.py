@@ -507,6 +507,28 @@ class Kube:
         if pending:
             yield pending.decode(errors="replace")
 
+    async def exec_output(
+        self, namespace: str, pod: str, container: str, argv: list[str], *, timeout: float = 30
+    ) -> str:
+        """Runs `argv` in a running container (as kubectl exec does) and returns its stdout;
+        raises ClusterError when it cannot be run."""
+        from kubernetes.client import CoreV1Api
+        from kubernetes.client.exceptions import ApiException
+        from kubernetes.stream import stream
+
+        def run() -> str:
+            output = stream(
+                CoreV1Api(self._api).connect_get_namespaced_pod_exec,
+                pod, namespace, container=container, command=argv,
+                stdout=True, stderr=False, stdin=False, tty=False, _request_timeout=timeout,
+            )  # fmt: skip
+            return str(output)
+
+        try:
+            return await asyncio.to_thread(run)
+        except (ApiException, OSError, ValueError, urllib3.exceptions.HTTPError) as exc:
+            raise ClusterError(f"exec in pod {namespace}/{pod}: {exc}") from None
+
     async def list_workloads(self, namespace: str) -> list[Workload]:
         """Returns the readiness of every Deployment, StatefulSet and DaemonSet in `namespace`."""
         out: list[Workload] = []
