@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import stat
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from laconic_helm import cluster, docker
+from laconic_helm import cluster, docker, paths
 from laconic_helm.cluster import (
     BindMount,
     ClusterState,
@@ -829,3 +830,57 @@ def test_an_existing_cluster_is_only_checked(
     elsewhere = make_cluster(provider="existing", context="no-such-context")
     with pytest.raises(UserError, match=r"^cluster\.context: context 'no-such-context' is not in"):
         asyncio.run(cluster.ensure_cluster(elsewhere))
+
+
+def test_the_record_kept_in_the_cluster_survives_the_state_folder(
+    kind_cli: Any, kind_log: KindLog, state_home: Path
+) -> None:
+    name = kind_cli.new_name()
+    spec = make_cluster(**kind_cli.cluster_fields(), name=name)
+    first = asyncio.run(cluster.ensure_cluster(spec))
+    assert verbs(list(first.actions)) == [("create-cluster", name)]
+    made = cluster.read_record(name)
+
+    async def kept() -> Record | None:
+        from laconic_helm.kube import Kube
+
+        access = first.access
+        return await cluster.read_cluster_record(Kube.connect(access.kubeconfig, access.context))
+
+    assert asyncio.run(kept()) == made
+
+    # Another user's run, or this host's state folder lost: the cluster itself says it is ours.
+    shutil.rmtree(state_home)
+    state = asyncio.run(cluster.observe_cluster(spec))
+    assert state.owned and state.ownership.endswith("(its record in it)")
+    again = asyncio.run(cluster.ensure_cluster(spec))
+    assert again.actions == () and again.state.owned
+    assert cluster.read_record(name) == made  # restored from the cluster
+    assert verbs(asyncio.run(cluster.delete_cluster(spec))) == [("delete-cluster", name)]
+
+
+@pytest.mark.unit
+@pytest.mark.skipif(os.geteuid() != 0, reason="the system location is root's")
+def test_root_moves_its_per_user_records_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    old = tmp_path / "xdg" / "laconic-helm" / "clusters" / "lh"
+    old.mkdir(parents=True)
+    (old / "record.json").write_text("{}")
+    (old / "kubeconfig").write_text("k")
+    (old / paths.MEMLOCK_SPEC_NAME).write_text("spec")
+    monkeypatch.delenv("LACONIC_HELM_STATE")
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setattr(paths, "SYSTEM_STATE", tmp_path / "var-lib")
+
+    assert paths.state_dir() == tmp_path / "var-lib"
+    new = tmp_path / "var-lib" / "clusters" / "lh"
+    assert sorted(p.name for p in new.iterdir()) == sorted(
+        ["kubeconfig", "record.json", paths.MEMLOCK_SPEC_NAME]
+    )
+    # The node created then mounts the spec from the old folder: it stays there too.
+    assert [p.name for p in old.iterdir()] == [paths.MEMLOCK_SPEC_NAME]
+    assert f"moved the records of cluster lh from {old}" in caplog.text
+    caplog.clear()
+    paths.state_dir()
+    assert "moved" not in caplog.text

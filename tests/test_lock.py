@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
+import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from laconic_helm import paths
 from laconic_helm.errors import EXIT_LOCKED, LockHeld
 from laconic_helm.lock import deployment_lock
 
@@ -114,3 +120,85 @@ def test_images_load_waits_for_a_deploy_of_its_cluster(state: Path, tmp_path: Pa
         holder.wait()
     assert done.returncode == EXIT_LOCKED, done.stderr
     assert f"pid {holder.pid}" in json.loads(done.stdout)["error"]
+
+
+# -- host-wide: root and other users contend on one lock ----------------------------------------
+
+_OTHER_UIDS = (47101, 47102)
+_SYSTEM_PYTHON = Path("/usr/bin/python3")  # readable by any user, unlike a root-only venv
+
+
+@pytest.fixture
+def host_locks(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The host-wide lock folder, redirected into a fresh folder as open as /run/lock."""
+    root = Path(tempfile.mkdtemp(prefix="laconic-helm-run-lock-"))
+    root.chmod(0o1777)
+    monkeypatch.delenv("LACONIC_HELM_STATE")
+    monkeypatch.setattr(paths, "SYSTEM_LOCKS", root / "laconic-helm")
+    yield root / "laconic-helm"
+    shutil.rmtree(root)
+
+
+def _as_user(uid: int, locks: Path, ready: Path | None, wait: float) -> subprocess.Popen[bytes]:
+    """Runs the real lock code as `uid` (no LACONIC_HELM_STATE): holds it when `ready` is given,
+    else tries once and exits 4 when it is held."""
+    code = textwrap.dedent(
+        f"""
+        import asyncio, pathlib, sys
+        from laconic_helm import lock, paths
+        from laconic_helm.errors import LockHeld
+        paths.SYSTEM_LOCKS = pathlib.Path({str(locks)!r})
+        async def main():
+            async with lock.deployment_lock("lab", wait={wait}):
+                if {str(ready) if ready else ""!r}:
+                    pathlib.Path({str(ready)!r}).write_text("held")
+                    await asyncio.sleep(60)
+        try:
+            asyncio.run(main())
+        except LockHeld as exc:
+            print(exc.message)
+            sys.exit(exc.exit_code)
+        """
+    )
+    driver = Path(paths.__file__).resolve().parent.parent
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(driver), "HOME": str(locks.parent)}
+    return subprocess.Popen(
+        ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+         str(_SYSTEM_PYTHON), "-c", code],
+        env=env, stdout=subprocess.PIPE, cwd="/",
+    )  # fmt: skip
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not _SYSTEM_PYTHON.exists() or shutil.which("setpriv") is None,
+    reason="needs root, setpriv and a system python to run as other uids",
+)
+def test_root_and_other_users_contend_on_one_host_wide_lock(host_locks: Path) -> None:
+    ready = host_locks.parent / "ready"
+    holder = _as_user(_OTHER_UIDS[0], host_locks, ready, wait=0)
+    try:
+        deadline = time.monotonic() + 10
+        while not ready.exists():
+            assert holder.poll() is None and time.monotonic() < deadline, "holder never locked"
+            time.sleep(0.05)
+
+        async def as_root() -> None:
+            async with deployment_lock("lab", wait=0.3):
+                pass
+
+        with pytest.raises(LockHeld) as caught:  # root's run (ansible) waits for the operator's
+            asyncio.run(as_root())
+        assert f"pid {holder.pid}" in caught.value.message
+        other = _as_user(_OTHER_UIDS[1], host_locks, None, wait=0)
+        out, _ = other.communicate(timeout=30)
+        assert other.returncode == EXIT_LOCKED, out
+    finally:
+        holder.kill()
+        holder.wait()
+    other = _as_user(_OTHER_UIDS[1], host_locks, None, wait=2)  # the kernel dropped it
+    assert other.wait(timeout=30) == 0
+    asyncio.run(as_root())
+    assert stat.S_IMODE(host_locks.stat().st_mode) == 0o1777
+    lock_file = host_locks / "lab.lock"
+    assert lock_file.stat().st_uid == _OTHER_UIDS[0]
+    assert stat.S_IMODE(lock_file.stat().st_mode) == 0o666

@@ -6,9 +6,11 @@ the node image and the containerd runtime are fixed when kind creates a cluster,
 differs is never patched: it is rebuilt, and only when this tool created it and the operator asked.
 
 Ownership is a record under the state folder written *before* `kind create` runs and completed
-after it, so even a create killed half-way is known to be ours. A cluster with no record, or whose
-node containers are not the recorded ones, belongs to someone else and is never deleted or rebuilt
-without an explicit flag.
+after it, so even a create killed half-way is known to be ours. Once the cluster answers, the
+record is also kept in it (ConfigMap kube-system/laconic-helm-cluster), so another user's run, or
+one after the state folder was lost, still knows the cluster as ours. A cluster with no record,
+or whose node containers are not the recorded ones, belongs to someone else and is never deleted
+or rebuilt without an explicit flag.
 """
 
 from __future__ import annotations
@@ -49,7 +51,6 @@ API_PORT = 6443  # the API server's port inside the control-plane container
 KIND_CONFIG_API = "kind.x-k8s.io/v1alpha4"
 MEMLOCK_RUNTIME = "high-memlock"  # containerd runtime name = RuntimeClass name and handler
 MEMLOCK_SPEC_IN_NODE = "/etc/laconic-helm/high-memlock-spec.json"
-MEMLOCK_SPEC_NAME = "high-memlock-spec.json"
 RLIM_INFINITY = 2**64 - 1
 MEMLOCK_NOFILE = 1048576
 _API_WAIT = 5.0  # seconds a settled API may take to answer before it counts as down
@@ -57,6 +58,9 @@ _API_WAIT = 5.0  # seconds a settled API may take to answer before it counts as 
 # wait ends as soon as it answers, so the ceiling costs nothing when all is well.
 _API_WAIT_AFTER_START = 300.0
 _RECORD_VERSION = 1
+# The copy of the ownership record kept in the cluster; it goes when the cluster goes.
+CLUSTER_RECORD = ObjectRef("v1", "ConfigMap", "laconic-helm-cluster", "kube-system")
+_RECORD_KEY = "record.json"
 
 RecordStatus = Literal["creating", "created", "adopted"]
 
@@ -76,7 +80,7 @@ def kubeconfig_path(name: str) -> Path:
 
 def memlock_spec_path(name: str) -> Path:
     """Returns the host file holding the high-memlock runtime's base OCI spec for `name`."""
-    return cluster_dir(name) / MEMLOCK_SPEC_NAME
+    return cluster_dir(name) / paths.MEMLOCK_SPEC_NAME
 
 
 def memlock_base_spec() -> dict[str, Any]:
@@ -334,7 +338,18 @@ def record_path(name: str) -> Path:
 def read_record(name: str) -> Record | None:
     """Returns the record of cluster `name`, or None when there is none (or it is unreadable)."""
     try:
-        doc = json.loads(record_path(name).read_text())
+        text = record_path(name).read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        log.warning("%s: unreadable cluster record (%s)", record_path(name), exc)
+        return None
+    return _parse_record(text, str(record_path(name)))
+
+
+def _parse_record(text: str, where: str) -> Record | None:
+    try:
+        doc = json.loads(text)
         return Record(
             name=doc["name"],
             status=doc["status"],
@@ -345,17 +360,55 @@ def read_record(name: str) -> Record | None:
             tool_version=doc.get("tool_version", ""),
             version=int(doc.get("version", _RECORD_VERSION)),
         )
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError) as exc:
         # A damaged record proves nothing: the cluster is then treated as not ours.
-        log.warning("%s: unreadable cluster record (%s)", record_path(name), exc)
+        log.warning("%s: unreadable cluster record (%s)", where, exc)
         return None
+
+
+def _record_text(record: Record) -> str:
+    return json.dumps(asdict(record), indent=2, sort_keys=True) + "\n"
 
 
 def write_record(record: Record) -> None:
-    data = json.dumps(asdict(record), indent=2, sort_keys=True) + "\n"
-    paths.write_private(record_path(record.name), data.encode())
+    paths.write_private(record_path(record.name), _record_text(record).encode())
+
+
+def record_manifest(record: Record) -> dict[str, Any]:
+    """Returns the ConfigMap holding `record` in the cluster itself."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": CLUSTER_RECORD.name,
+            "namespace": CLUSTER_RECORD.namespace,
+            "labels": {"app.kubernetes.io/managed-by": "laconic-helm"},
+        },
+        "data": {_RECORD_KEY: _record_text(record)},
+    }
+
+
+async def read_cluster_record(k: Kube) -> Record | None:
+    """Returns the record kept in the cluster, or None when there is none (or it is damaged)."""
+    live = await k.get_object(CLUSTER_RECORD)
+    text = ((live or {}).get("data") or {}).get(_RECORD_KEY)
+    return _parse_record(text, f"ConfigMap {CLUSTER_RECORD}") if text else None
+
+
+async def ensure_records(state: ClusterState, access: ClusterAccess) -> None:
+    """Keeps the finished record of a cluster of ours in both places: in the cluster, so other
+    users and a rebuilt state folder know it; in the state folder, restored from the cluster."""
+    from laconic_helm import kube
+
+    record = state.record
+    if not state.owned or record is None or record.status == "creating":
+        return
+    if read_record(state.name) is None:
+        write_record(record)
+        log.info("cluster %s: restored its record from the cluster", state.name)
+    k = kube.Kube.connect(access.kubeconfig, access.context)
+    if await read_cluster_record(k) is None:
+        await k.create_object(CLUSTER_RECORD, record_manifest(record))
 
 
 def forget_cluster(name: str) -> None:
@@ -614,10 +667,11 @@ def server_port(url: str) -> int | None:
 
 
 async def _probe_api(
-    kubeconfig: str | None, context: str, node: str | None, *, wait: float
-) -> tuple[str | None, dict[str, Any] | None]:
+    kubeconfig: str | None, context: str, node: str | None, *, wait: float, record: bool = False
+) -> tuple[str | None, dict[str, Any] | None, Record | None]:
     """Asks the API for the Node `node`, or only for discovery when `node` is None (any user
-    may read that); returns (error or None, the Node or None), retrying for `wait` seconds.
+    may read that), and for the record kept in the cluster when `record`; returns (error or
+    None, the Node or None, the record or None), retrying for `wait` seconds.
 
     The kubeconfig text goes to a private temporary file, never to the state folder: observing
     writes nothing.
@@ -638,11 +692,13 @@ async def _probe_api(
                 client = kube.Kube.connect(path, context)
                 if node is None:
                     await client.resource("v1", "Node")
-                    return None, None
-                return None, await client.get_object(kube.ObjectRef("v1", "Node", node))
+                    return None, None, None
+                found = await client.get_object(kube.ObjectRef("v1", "Node", node))
+                kept = await read_cluster_record(client) if record else None
+                return None, found, kept
             except ClusterError as exc:
                 if time.monotonic() >= deadline:
-                    return exc.message, None
+                    return exc.message, None, None
             await asyncio.sleep(1.0)
 
 
@@ -656,7 +712,7 @@ async def _memlock_runtime(node: str) -> bool | None:
 async def observe_cluster(cluster: Cluster) -> ClusterState:
     """Returns what is there for `cluster`: nodes, ownership, health; changes nothing."""
     if cluster.provider == "existing":
-        error, _ = await _probe_api(None, cluster.kube_context, None, wait=_API_WAIT)
+        error, _, _ = await _probe_api(None, cluster.kube_context, None, wait=_API_WAIT)
         problems = (f"the API does not answer: {error}",) if error else ()
         return ClusterState(
             cluster.name, "existing", problems=problems, api_ready=error is None,
@@ -689,7 +745,7 @@ async def observe_cluster(cluster: Cluster) -> ClusterState:
     # Our own cluster answering with the copy we keep needs no kind call (the common re-run).
     cached = _cached_kubeconfig(cluster.name, api) if owned else None
     if cached is not None:
-        error, node = await _probe_api(cached, f"kind-{cluster.name}", cp.name, wait=0)
+        error, node, _ = await _probe_api(cached, f"kind-{cluster.name}", cp.name, wait=0)
         if error is None:
             return replace(
                 state, kubeconfig=cached, api_ready=True, node_labels=_labels(node),
@@ -708,9 +764,14 @@ async def observe_cluster(cluster: Cluster) -> ClusterState:
     if cp.started is not None:
         since = (datetime.now(UTC) - cp.started).total_seconds()
         wait = max(wait, _API_WAIT_AFTER_START - since)
-    error, node = await _probe_api(kubeconfig, f"kind-{cluster.name}", cp.name, wait=wait)
+    error, node, kept = await _probe_api(
+        kubeconfig, f"kind-{cluster.name}", cp.name, wait=wait, record=record is None
+    )
     if error:
         problems.append(f"its API does not answer: {error}")
+    if kept is not None:  # this state folder has no record of it: the cluster's own decides
+        owned, why = judge_ownership(kept, nodes)
+        state = replace(state, record=kept, owned=owned, ownership=f"{why} (its record in it)")
     memlock = await _memlock_runtime(cp.name) if cluster.high_memlock else None
     return replace(
         state, kubeconfig=kubeconfig, problems=tuple(problems), api_ready=error is None,
@@ -1088,6 +1149,8 @@ async def ensure_cluster(
         state = await observe_cluster(cluster)
     check_converged(cluster, state)
     access = await ensure_kubeconfig(cluster, state)
+    if cluster.provider == "kind":
+        await ensure_records(state, access)
     return ClusterResult(tuple(actions), state, access)
 
 

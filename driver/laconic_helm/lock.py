@@ -6,13 +6,31 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import stat
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from laconic_helm import paths
 from laconic_helm.errors import LockHeld
 
 _POLL = 0.2
+
+
+def _open(path: Path) -> int:
+    """Opens the lock file, making it if missing. In the host-wide folder (sticky, open to all)
+    a new file is made readable and writable by all, so any user can lock it; an existing one is
+    opened without O_CREAT, which fs.protected_regular refuses on another user's file there."""
+    while True:
+        with contextlib.suppress(FileNotFoundError):
+            return os.open(path, os.O_RDWR)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            continue  # made by another run since the first open
+        if path.parent.stat().st_mode & stat.S_IWOTH:
+            os.fchmod(fd, 0o666)
+        return fd
 
 
 @contextlib.asynccontextmanager
@@ -21,9 +39,8 @@ async def deployment_lock(name: str, *, wait: float) -> AsyncIterator[None]:
 
     flock, not a pid file: a SIGKILLed holder releases it at once, so no stale lock survives.
     """
-    path = paths.state_dir() / "locks" / f"{name}.lock"
-    path.parent.mkdir(mode=0o700, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    path = paths.lock_dir() / f"{name}.lock"
+    fd = _open(path)
     try:
         deadline = time.monotonic() + wait
         while True:
