@@ -331,6 +331,7 @@ def test_doctor_shows_the_host_settings(tmp_path: Path) -> None:
     assert "- vm.max_map_count 65530: agave rpc/validator wants >= 1000000" in done.stderr
 
     tuned = _cli(tmp_path, fake_proc(tmp_path / "tuned"), "--output", "json", "doctor")
-    settings = [t for t in json.loads(tuned.stdout)["tools"] if t["name"] in found]
-    assert [t["name"] for t in settings] == [*host.SYSCTLS, "memlock", "cgroup"]
+    names = [*host.SYSCTLS, "memlock", "cgroup"]
+    settings = [t for t in json.loads(tuned.stdout)["tools"] if t["name"] in names]
+    assert [t["name"] for t in settings] == names
     assert all(t["ok"] for t in settings)
