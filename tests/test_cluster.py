@@ -55,11 +55,29 @@ def test_default_config_is_one_labelled_control_plane() -> None:
         "kind: Cluster\n"
         "apiVersion: kind.x-k8s.io/v1alpha4\n"
         "name: lh\n"
+        "kubeadmConfigPatches:\n"
+        "- |\n"
+        "  kind: KubeletConfiguration\n"
+        "  containerLogMaxSize: 200Mi\n"
+        "  containerLogMaxFiles: 5\n"
         "nodes:\n"
         "- role: control-plane\n"
         "  labels:\n"
         "    ingress-ready: 'true'\n"
     )
+
+
+@pytest.mark.unit
+def test_container_log_rotation_comes_before_the_hosts_own_patches() -> None:
+    spec = make_cluster(
+        containerLogs={"maxSize": "1Gi", "maxFiles": 3},
+        kindPatches={"kubeadm": [{"kind": "KubeletConfiguration", "failCgroupV1": False}]},
+    )
+    patches = yaml.safe_load(cluster.render_kind_config(spec))["kubeadmConfigPatches"]
+    assert [yaml.safe_load(p) for p in patches] == [
+        {"kind": "KubeletConfiguration", "containerLogMaxSize": "1Gi", "containerLogMaxFiles": 3},
+        {"kind": "KubeletConfiguration", "failCgroupV1": False},
+    ]
 
 
 @pytest.mark.unit

@@ -166,6 +166,11 @@ def test_logs_print_the_nodes_own_lines_and_follow_stops_on_ctrl_c(node: e2e.Nod
     assert "Traceback" not in err, err
 
 
+def test_the_kubelet_rotates_container_logs_as_the_spec_says(node: e2e.Node) -> None:
+    config = node.api().harness.get(f"/api/v1/nodes/{node.node}/proxy/configz")["kubeletconfig"]
+    assert (config["containerLogMaxSize"], config["containerLogMaxFiles"]) == ("200Mi", 5)
+
+
 def test_logs_since_keeps_only_recent_lines(node: e2e.Node) -> None:
     time.sleep(4)  # the node has logged for longer than the window by now
     started = time.time()

@@ -254,3 +254,15 @@ def test_example_spec_shows_every_field_of_the_model() -> None:
     assert _missing_fields(spec.Spec, [with_alternatives]) == []
     # Each commented alternative is a valid value for its field.
     spec.Spec.model_validate(with_alternatives)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("logs", "key"),
+    [("{maxSize: lots}", "maxSize"), ("{maxSize: 0Mi}", "maxSize"), ("{maxFiles: 1}", "maxFiles")],
+)
+def test_container_log_rotation_is_checked(workdir: Path, logs: str, key: str) -> None:
+    text = VALID.replace("  name: lab\n", f"  name: lab\n  containerLogs: {logs}\n")
+    assert f"cluster.containerLogs.{key}" in _error(workdir, text)
+    default = _load(workdir, VALID).cluster.container_logs
+    assert (default.max_size, default.max_files) == ("200Mi", 5)

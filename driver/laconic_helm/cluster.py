@@ -271,10 +271,14 @@ def kind_config(cluster: Cluster, *, memlock_spec: Path | None = None) -> dict[s
     if mounts:
         node["extraMounts"] = mounts
     doc: dict[str, Any] = {"kind": "Cluster", "apiVersion": KIND_CONFIG_API, "name": cluster.name}
-    if cluster.kind_patches.kubeadm:
-        doc["kubeadmConfigPatches"] = [
-            yaml.safe_dump(patch, sort_keys=False) for patch in cluster.kind_patches.kubeadm
-        ]
+    logs = {
+        "kind": "KubeletConfiguration",
+        "containerLogMaxSize": cluster.container_logs.max_size,
+        "containerLogMaxFiles": cluster.container_logs.max_files,
+    }
+    doc["kubeadmConfigPatches"] = [
+        yaml.safe_dump(patch, sort_keys=False) for patch in (logs, *cluster.kind_patches.kubeadm)
+    ]
     containerd = [memlock_containerd_patch()] if cluster.high_memlock else []
     containerd += cluster.kind_patches.containerd
     if containerd:

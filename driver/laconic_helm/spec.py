@@ -99,6 +99,21 @@ class KindPatches(_Model):
         return bool(self.kubeadm or self.containerd)
 
 
+class ContainerLogs(_Model):
+    """The kubelet's rotation of container logs: agave writes gigabytes a day to stdout, and
+    the kubelet's own default (10 MiB x 5) keeps only minutes of it."""
+
+    max_size: str = Field(
+        "200Mi",
+        alias="maxSize",
+        pattern=r"^[1-9][0-9]*(Ki|Mi|Gi)$",
+        description="Size at which a container's log file is rotated (Ki, Mi or Gi).",
+    )
+    max_files: int = Field(
+        5, alias="maxFiles", ge=2, le=100, description="Log files kept per container."
+    )
+
+
 class Cluster(_Model):
     """Where the releases go: a kind cluster this tool manages, or any existing cluster."""
 
@@ -124,6 +139,12 @@ class Cluster(_Model):
         default_factory=KindPatches,
         alias="kindPatches",
         description="kind config patches for this host (kubeadm, containerd), after the driver's.",
+    )
+    container_logs: ContainerLogs = Field(
+        default_factory=ContainerLogs,
+        alias="containerLogs",
+        description="Container log rotation of the kind node's kubelet, set when the cluster "
+        "is created (kind only).",
     )
 
     @property
