@@ -40,8 +40,9 @@ class Deployment:
         return self.runner.cluster
 
     def run(self, *args: str) -> tuple[int, dict[str, Any], str]:
+        """(exit code, JSON report, the error line and stderr: what a failed assert shows)."""
         done = self.runner.run(*args)
-        return done.code, done.report, done.stderr
+        return done.code, done.report, f"{done.error}\n{done.stderr}"
 
 
 @pytest.fixture

@@ -60,6 +60,7 @@ _API_WAIT_AFTER_START = 300.0
 _RECORD_VERSION = 1
 # The copy of the ownership record kept in the cluster; it goes when the cluster goes.
 CLUSTER_RECORD = ObjectRef("v1", "ConfigMap", "laconic-helm-cluster", "kube-system")
+_SYSTEM_NAMESPACE_WAIT = 60.0  # seconds a new API server may take to create kube-system
 _RECORD_KEY = "record.json"
 
 RecordStatus = Literal["creating", "created", "adopted"]
@@ -412,6 +413,11 @@ async def ensure_records(state: ClusterState, access: ClusterAccess) -> None:
         log.info("cluster %s: restored its record from the cluster", state.name)
     k = kube.Kube.connect(access.kubeconfig, access.context)
     if await read_cluster_record(k) is None:
+        # An API server that has just started creates kube-system a moment after it answers.
+        system = kube.ObjectRef("v1", "Namespace", CLUSTER_RECORD.namespace or "kube-system")
+        deadline = time.monotonic() + _SYSTEM_NAMESPACE_WAIT
+        while await k.get_object(system) is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
         await k.create_object(CLUSTER_RECORD, record_manifest(record))
 
 
