@@ -71,7 +71,8 @@ def test_package_ships_the_chart_and_no_test_files(
     root = tmp_path / "unpacked" / chart
     shipped = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
 
-    assert not [f for f in shipped if f.startswith("ci/")], f"{tgz.name} ships ci/: {shipped}"
+    ci_files = sorted(f for f in shipped if f.startswith("ci/"))
+    assert not ci_files, f"{tgz.name} ships {ci_files}: charts/{chart}/.helmignore must list ci/"
     assert "README.md.gotmpl" not in shipped
     keypairs = [f for f in shipped if KEYPAIR.search((root / f).read_text(errors="replace"))]
     assert not keypairs, f"{tgz.name} ships keypair-looking arrays in {keypairs}"
