@@ -351,20 +351,27 @@ def test_probes_read_the_rpc_body_instead_of_http_status(helm_bin: str, scenario
 def test_security_matches_the_mode(helm_bin: str, scenario: Scenario) -> None:
     docs = render(helm_bin, scenario)
     values = scenario.values()
-    assert pod_spec(docs)["securityContext"]["seccompProfile"] == {"type": "Unconfined"}
-    added = set(node(docs).get("securityContext", {}).get("capabilities", {}).get("add", []))
+    # io_uring is blocked by the runtime's default profile: only agave-validator goes without it.
+    assert pod_spec(docs)["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    context = node(docs)["securityContext"]
+    unconfined = mode(scenario) in REAL_NODE
+    assert context["seccompProfile"] == {"type": "Unconfined" if unconfined else "RuntimeDefault"}
+    assert context["capabilities"]["drop"] == ["ALL"]
+    added = set(context["capabilities"].get("add", []))
     expected = {"IPC_LOCK", "SYS_NICE"} if mode(scenario) in REAL_NODE else set()
     if values.get("xdp"):
         expected |= {"NET_ADMIN", "NET_RAW"}
     assert added == expected
-    assert "privileged" not in node(docs).get("securityContext", {})
+    assert "privileged" not in context
+    assert context["allowPrivilegeEscalation"] is False
 
 
 def test_runtime_class_and_sysctl_init_are_optional(helm_bin: str) -> None:
     spec = pod_spec(render(helm_bin, CI["rpc-values"]))
     assert spec["runtimeClassName"] == "high-memlock"
     init = spec["initContainers"][0]
-    assert init["securityContext"] == {"privileged": True}
+    assert init["securityContext"]["privileged"] is True
+    assert init["securityContext"]["runAsUser"] == 0
     assert "vm.max_map_count=1000000" in init["command"]
     plain = pod_spec(render(helm_bin, DEFAULTS))
     assert "runtimeClassName" not in plain and "initContainers" not in plain

@@ -213,6 +213,14 @@ Render-time checks of combinations the schema cannot express; each names the val
 {{- fail (printf "ERROR: the WebSocket needs its own route: give ingress.ws.hosts, or an ingress.ws.path other than %q" .Values.ingress.rpc.path) }}
 {{- end }}
 {{- end }}
+{{- if and .Values.metrics.existingSecret .Values.metrics.config }}
+{{- fail "ERROR: set either metrics.existingSecret or metrics.config, not both" }}
+{{- end }}
+{{- range .Values.env }}
+{{- if and (eq (toString .name) "SOLANA_METRICS_CONFIG") (not .valueFrom) }}
+{{- fail "ERROR: SOLANA_METRICS_CONFIG carries the metrics password and must not be a plain value in env: put it in a Secret and set metrics.existingSecret (and metrics.secretKey)" }}
+{{- end }}
+{{- end }}
 {{- include "agave.pinned" (list "sysctlInit.image.tag" .Values.sysctlInit.image.tag) }}
 {{- include "agave.pinned" (list "tests.image.tag" .Values.tests.image.tag) }}
 {{- end }}
@@ -223,5 +231,98 @@ Render-time checks of combinations the schema cannot express; each names the val
 {{- .Values.ingress.ws.path }}
 {{- else if .Values.ingress.ws.hosts }}/
 {{- else }}/ws
+{{- end }}
+{{- end }}
+
+{{/*
+True (non-empty) when the node runs as root: nodeUser.root "auto" picks root in rpc and validator
+modes (the capabilities the chart adds are effective for root only: containerd gives a non-root
+process no ambient capabilities) and wherever a hostPath volume is used (the kubelet creates
+those folders root-owned and fsGroup does not apply to them); "always" and "never" decide alone.
+*/}}
+{{- define "agave.runsAsRoot" -}}
+{{- $root := .Values.nodeUser.root }}
+{{- if eq $root "always" }}true
+{{- else if eq $root "auto" }}
+{{- $hostPath := false }}
+{{- range $name := include "agave.volumeNames" . | fromJsonArray }}
+{{- if eq (get $.Values.volumes $name).type "hostPath" }}{{ $hostPath = true }}{{ end }}
+{{- end }}
+{{- if or (include "agave.realNode" .) $hostPath }}true{{ end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The node pod's security context as JSON: the user nodeUser picks, `podSecurityContext` on top
+(its keys win; a runAsUser there replaces nodeUser's user, group and fsGroup), runAsNonRoot following the resulting uid unless given, seccomp RuntimeDefault for
+every container that does not set its own.
+*/}}
+{{- define "agave.podSecurityContext" -}}
+{{- $context := dict }}
+{{- if include "agave.runsAsRoot" . }}
+{{- $context = dict "runAsUser" 0 "runAsGroup" 0 }}
+{{- else }}
+{{- $uid := int .Values.nodeUser.uid }}
+{{- $gid := int .Values.nodeUser.gid }}
+{{- $context = dict "runAsUser" $uid "runAsGroup" $gid "fsGroup" $gid "fsGroupChangePolicy" "OnRootMismatch" }}
+{{- end }}
+{{- if hasKey .Values.podSecurityContext "runAsUser" }}
+{{- /* A user given here replaces nodeUser's whole: its group comes from the image unless given. */}}
+{{- $context = dict }}
+{{- end }}
+{{- range $key, $value := .Values.podSecurityContext }}
+{{- if kindIs "invalid" $value }}
+{{- $_ := unset $context $key }}
+{{- else }}
+{{- $_ := set $context $key $value }}
+{{- end }}
+{{- end }}
+{{- if not (hasKey .Values.podSecurityContext "runAsNonRoot") }}
+{{- $_ := set $context "runAsNonRoot" (ne (int (get $context "runAsUser")) 0) }}
+{{- end }}
+{{- $_ := set $context "seccompProfile" (dict "type" "RuntimeDefault") }}
+{{- $context | toJson }}
+{{- end }}
+
+{{/* Seccomp profile type of the node container: seccompProfile, or by mode (io_uring in agave-validator). */}}
+{{- define "agave.nodeSeccomp" -}}
+{{- if .Values.seccompProfile }}{{ .Values.seccompProfile }}
+{{- else if include "agave.realNode" . }}Unconfined
+{{- else }}RuntimeDefault
+{{- end }}
+{{- end }}
+
+{{/*
+Security context of a container that needs nothing: Pod Security `restricted` for the given
+uid/gid. Called with (list uid gid); rendered as YAML at the caller's indentation.
+*/}}
+{{- define "agave.restrictedContainer" -}}
+runAsNonRoot: true
+runAsUser: {{ index . 0 }}
+runAsGroup: {{ index . 1 }}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop:
+    - ALL
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/* Resources of the node container: `resources` when set, else the mode's `defaultResources`. */}}
+{{- define "agave.resources" -}}
+{{- if .Values.resources }}
+{{- toYaml .Values.resources }}
+{{- else }}
+{{- toYaml (get .Values.defaultResources .Values.mode) }}
+{{- end }}
+{{- end }}
+
+{{/* Name of the Secret holding SOLANA_METRICS_CONFIG, or nothing. */}}
+{{- define "agave.metricsSecretName" -}}
+{{- if .Values.metrics.existingSecret }}
+{{- .Values.metrics.existingSecret }}
+{{- else if .Values.metrics.config }}
+{{- printf "%s-metrics" (include "agave.fullname" .) }}
 {{- end }}
 {{- end }}
