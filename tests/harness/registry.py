@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.harness.controlplane import free_port
+from tests.harness.controlplane import _die_with_parent, free_port
 
 BINARY = "registry"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -98,6 +98,7 @@ def running(binary: str, workdir: Path, timeout: float = 30.0) -> Iterator[Regis
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
+            preexec_fn=_die_with_parent,  # a killed test session takes the registry along
         )
     host = f"127.0.0.1:{port}"
     try:
