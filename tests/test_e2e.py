@@ -32,7 +32,7 @@ import yaml
 
 from tests.harness import e2e, laconic_so, nodes, realkind
 from tests.harness.client import Client
-from tests.harness.deployment import Deployment, keypair_bytes
+from tests.harness.deployment import Deployment, Run, keypair_bytes, release_secrets
 from tests.harness.fixtures import KindCLI
 
 pytestmark = pytest.mark.cluster
@@ -348,6 +348,118 @@ def test_logs_previous_show_the_instance_before_a_restart(node: e2e.Node) -> Non
     current = node.deployment.run("logs", json_output=False)
     assert "validator exit requested" not in current.stdout
     node.wait_serving()
+
+
+# -- restart windows: an upgrade of a serving rpc node waits for one ----------------------------
+
+WINDOW_NAMESPACE = "agave-rw"
+
+
+@pytest.fixture(scope="module")
+def window_node(node: e2e.Node, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A second spec on the module's cluster: one agave release `rw` in rpc mode (the RPC
+    stand-in's `agave-validator wait-for-restart-window`), deployed by the driver; yields the
+    spec's path, which the tests rewrite."""
+    doc = yaml.safe_load(node.deployment.spec.read_text())
+    agave = next(r for r in doc["releases"] if r["name"] == e2e.AGAVE)
+    values = {
+        "mode": "rpc",
+        "image": agave["values"]["image"],
+        "tests": agave["values"]["tests"],
+        "identity": {"existingSecret": e2e.IDENTITY_SECRET},
+        "volumes": {v: {"type": "emptyDir"} for v in ("ledger", "accounts", "snapshots")},
+        "terminationGracePeriodSeconds": 60,
+        "restartWindow": {"minIdleTime": 1, "timeout": 300},
+        **FAST_PROBES,
+    }
+    release = {
+        "name": "rw",
+        "chart": agave["chart"],
+        "namespace": WINDOW_NAMESPACE,
+        "values": values,
+        "secrets": agave["secrets"],
+        "timeout": 180,
+    }
+    path = tmp_path_factory.mktemp("window") / "deployment.yaml"
+    path.write_text(yaml.safe_dump({**doc, "releases": [release]}, sort_keys=False))
+    first = _window_deploy(node, path)
+    assert first.code == 0, f"{first.error}\n{first.stderr}"
+    yield path
+    node.helm("uninstall", "rw", "--namespace", WINDOW_NAMESPACE, "--wait", "--timeout", "120s")
+    node.kubectl("delete", "namespace", WINDOW_NAMESPACE, "--wait=false")
+
+
+def _window_deploy(node: e2e.Node, path: Path, *args: str, rollout: str | None = None) -> Run:
+    """Deploys the window spec, its pod template changed by a `rollout` annotation if given."""
+    if rollout is not None:
+        doc = yaml.safe_load(path.read_text())
+        doc["releases"][0]["values"]["podAnnotations"] = {"example.com/rollout": rollout}
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    deployment = Deployment(path, node.cluster, node.env)
+    return deployment.run("deploy", *args, timeout=600)
+
+
+def _release_step(run: Run, name: str) -> dict[str, Any]:
+    return next(s for s in run.report["steps"] if s["name"] == f"release {name}")
+
+
+def _serving_pod(node: e2e.Node) -> dict[str, Any]:
+    found: list[dict[str, Any]] = []
+
+    def one_ready() -> bool:
+        found[:] = [p for p in _workload_pods(node, WINDOW_NAMESPACE, "rw") if _ready(p)]
+        return len(found) == 1
+
+    _eventually(one_ready, "the rw node to serve", timeout=120)
+    return found[0]
+
+
+def test_an_upgrade_restarting_a_serving_rpc_node_waits_for_its_restart_window(
+    node: e2e.Node, window_node: Path
+) -> None:
+    """The node reports its next leader slot 20 s away: the deploy shows what it waits for,
+    restarts the pod only once the window opened, and reports how long it waited."""
+    before = _serving_pod(node)
+    name = before["metadata"]["name"]
+    _standin_set(node, WINDOW_NAMESPACE, name, "--restart-window-in", "20")
+    asked = time.monotonic()
+    run = _window_deploy(node, window_node, rollout="1")
+    assert run.code == 0, f"{run.error}\n{run.stderr}"
+    step = _release_step(run, "rw")
+    assert step["actions"][0].startswith(
+        f"release/rw: wait-restart-window {WINDOW_NAMESPACE}/{name}"
+    )
+    assert step["actions"][-1].startswith("release/rw: upgrade-release")
+    # The window opened 20 s after it was asked for; the deploy waited out what was left.
+    assert 20 - (time.monotonic() - asked) < step["restart_wait"] <= 25
+    print(f"restart window wait: {step['restart_wait']:.1f} s")
+    assert f"waiting for a restart window of {WINDOW_NAMESPACE}/{name}: 1 min idle" in run.stderr
+    assert "next leader slot in" in run.stderr  # the node's own progress, relayed
+    assert "restart window open after" in run.stderr
+    after = _serving_pod(node)
+    assert after["metadata"]["name"] != name
+    assert after["metadata"]["annotations"]["example.com/rollout"] == "1"
+
+
+def test_no_window_before_the_deadline_stops_with_exit_3_and_restarts_nothing(
+    node: e2e.Node, window_node: Path
+) -> None:
+    pod = _serving_pod(node)
+    _standin_set(node, WINDOW_NAMESPACE, pod["metadata"]["name"], "--restart-window-in", "600")
+    revisions = len(release_secrets(node.api(), WINDOW_NAMESPACE, "rw"))
+    stopped = _window_deploy(node, window_node, "--deadline", "45", rollout="2")
+    assert stopped.code == 3, stopped.stderr
+    assert "no restart window" in stopped.error and "--deadline" in stopped.error
+    assert "--no-restart-window" in stopped.error
+    assert len(release_secrets(node.api(), WINDOW_NAMESPACE, "rw")) == revisions
+    still = _pod(node, WINDOW_NAMESPACE, pod["metadata"]["name"])
+    assert still["metadata"]["uid"] == pod["metadata"]["uid"] and _ready(still)
+
+    skipped = _window_deploy(node, window_node, "--no-restart-window")
+    assert skipped.code == 0, f"{skipped.error}\n{skipped.stderr}"
+    verbs = [a.split()[1] for a in _release_step(skipped, "rw")["actions"]]
+    assert "wait-restart-window" not in verbs and "upgrade-release" in verbs
+    assert _serving_pod(node)["metadata"]["uid"] != pod["metadata"]["uid"]
 
 
 # -- the takeover of a running laconic-so node (a cluster of its own) -------------------------

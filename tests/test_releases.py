@@ -398,7 +398,8 @@ def test_render_lists_every_object_with_its_namespace(helm_bin: str, tmp_path: P
     rel = _spec_release(
         MINI, tmp_path, values={"clusterRole": {"enabled": True}, "renderNamespace": True}
     )
-    refs = asyncio.run(releases._render(helm, releases.desired_release(rel), upgrade=False))
+    docs = asyncio.run(releases._render(helm, releases.desired_release(rel), upgrade=False))
+    refs = releases._refs(docs)
     assert sorted(str(r) for r in refs) == [
         "ClusterRole mini",
         "ConfigMap mini-config",

@@ -214,6 +214,17 @@ def _strict_host_option(command: Callable[..., Any]) -> Callable[..., Any]:
     )(command)
 
 
+def _restart_window_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--no-restart-window",
+        "restart_window",
+        flag_value=False,
+        default=True,
+        help="Restart a serving rpc or validator node at once, without waiting for its "
+        "restart window (its release's restartWindow values).",
+    )(command)
+
+
 def _load(spec_file: Path | None) -> Any:
     from laconic_helm import spec
 
@@ -234,6 +245,7 @@ def _load(spec_file: Path | None) -> Any:
 @_lock_option
 @_cluster_options
 @_strict_host_option
+@_restart_window_option
 @click.option(
     "--dry-run",
     is_flag=True,
@@ -248,12 +260,15 @@ def deploy(
     recreate_cluster: bool,
     adopt_cluster: bool,
     strict_host: bool,
+    restart_window: bool,
     dry_run: bool,
 ) -> None:
     """Brings cluster, images and releases to the spec, redoing nothing already done."""
     from laconic_helm import deploy as sequence
 
-    opts = sequence.Options(deadline, lock_wait, recreate_cluster, adopt_cluster, strict_host)
+    opts = sequence.Options(
+        deadline, lock_wait, recreate_cluster, adopt_cluster, strict_host, restart_window
+    )
     run = sequence.plan if dry_run else sequence.deploy
 
     async def work() -> dict[str, Any]:
@@ -267,15 +282,24 @@ def deploy(
 @_spec_option
 @_cluster_options
 @_strict_host_option
+@_restart_window_option
 @click.pass_obj
 def plan(
-    app: App, spec_file: Path | None, recreate_cluster: bool, adopt_cluster: bool, strict_host: bool
+    app: App,
+    spec_file: Path | None,
+    recreate_cluster: bool,
+    adopt_cluster: bool,
+    strict_host: bool,
+    restart_window: bool,
 ) -> None:
     """Shows what `deploy` would do against the live state; writes nothing."""
     from laconic_helm import deploy as sequence
 
     opts = sequence.Options(
-        recreate_cluster=recreate_cluster, adopt_cluster=adopt_cluster, strict_host=strict_host
+        recreate_cluster=recreate_cluster,
+        adopt_cluster=adopt_cluster,
+        strict_host=strict_host,
+        restart_window=restart_window,
     )
 
     async def work() -> dict[str, Any]:

@@ -52,6 +52,7 @@ class Options:
     recreate_cluster: bool = False  # rebuild a cluster whose ports/mounts differ (ours only)
     adopt_cluster: bool = False  # treat a same-named cluster this tool did not create as ours
     strict_host: bool = False  # a host short of what agave needs refuses the run (exit 2)
+    restart_window: bool = True  # an upgrade restarting a serving rpc/validator node waits
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,8 @@ async def _ensure_release(
     release: Release,
     desired: releases.DesiredRelease,
     deadline: float | None,
+    opts: Options,
+    reporter: Reporter,
 ) -> tuple[releases.ReleaseOutcome, list[Action]]:
     """The release, then the removal of what it replaces (its `retire` section).
 
@@ -184,7 +187,9 @@ async def _ensure_release(
     leftovers = await takeover.observe_retire(k, release)
     held = desired.wait and takeover.replaces_workload(leftovers)
     run = dataclasses.replace(desired, wait=False) if held else desired
-    outcome = await releases.ensure_release(k, h, run, deadline=deadline)
+    outcome = await releases.ensure_release(
+        k, h, run, deadline=deadline, restart_window=opts.restart_window, progress=reporter.line
+    )
     retired = await takeover.ensure_retired(k, release)
     if held:
         await takeover.wait_ready(k, desired.name, desired.namespace, timeout=desired.timeout)
@@ -230,14 +235,20 @@ async def deploy(spec: Spec, reporter: Reporter, opts: Options) -> dict[str, Any
         for release, desired in zip(spec.releases, prepared.desired, strict=True):
             current.append(f"release {desired.name}")
             with reporter.step(f"release {desired.name}") as rec:
-                outcome, retired = await _ensure_release(k, h, release, desired, deadline)
+                outcome, retired = await _ensure_release(
+                    k, h, release, desired, deadline, opts, reporter
+                )
                 lines = [a.line() for a in (*outcome.actions, *retired)]
+                waited = (
+                    {} if outcome.restart_wait is None else {"restart_wait": outcome.restart_wait}
+                )
                 rec.done(
                     "changed" if outcome.changed or takeover.removed(retired) else "ok",
                     "; ".join(lines),
                     actions=lines,
                     revision=outcome.revision,
                     digest=outcome.digest,
+                    **waited,
                 )
 
         for r in spec.releases:
@@ -297,7 +308,7 @@ async def plan(spec: Spec, reporter: Reporter, opts: Options) -> dict[str, Any]:
         for release, desired in zip(spec.releases, prepared.desired, strict=True):
             observed = await releases.observe_release(k, h, desired)
             actions = [
-                *releases.plan_release(desired, observed),
+                *releases.plan_release(desired, observed, restart_window=opts.restart_window),
                 *releases.plan_objects(desired, observed),
                 *takeover.plan_retire(release, await takeover.observe_retire(k, release)),
             ]

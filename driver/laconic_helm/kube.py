@@ -13,6 +13,8 @@ import base64
 import gzip
 import json
 import logging
+import re
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -22,7 +24,7 @@ import urllib3
 from laconic_helm.errors import ClusterError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping
+    from collections.abc import Callable, Iterator, Mapping
     from pathlib import Path
 
     from kubernetes.client import ApiClient
@@ -39,6 +41,7 @@ RELEASE_SECRET_TYPE = "helm.sh/release.v1"
 
 _TIMEOUT = (5.0, 30.0)  # connect, read seconds per request
 _GZIP_MAGIC = b"\x1f\x8b"
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # a terminal's colour and cursor codes
 
 
 @dataclass(frozen=True)
@@ -526,6 +529,52 @@ class Kube:
 
         try:
             return await asyncio.to_thread(run)
+        except (ApiException, OSError, ValueError, urllib3.exceptions.HTTPError) as exc:
+            raise ClusterError(f"exec in pod {namespace}/{pod}: {exc}") from None
+
+    async def exec_lines(
+        self,
+        namespace: str,
+        pod: str,
+        container: str,
+        argv: list[str],
+        on_line: Callable[[str], None],
+    ) -> int:
+        """Runs `argv` in a running container on a terminal (programs that draw progress only
+        on one, as agave's do, then print it) and hands each line it shows to `on_line` as it
+        comes; returns the exit code. Cancelling the await closes the stream."""
+        from kubernetes.client import CoreV1Api
+        from kubernetes.client.exceptions import ApiException
+        from kubernetes.stream import stream
+
+        stop = threading.Event()
+
+        def run() -> int:
+            session = stream(
+                CoreV1Api(self._api).connect_get_namespaced_pod_exec,
+                pod, namespace, container=container, command=argv,
+                stdout=True, stderr=True, stdin=False, tty=True, _preload_content=False,
+            )  # fmt: skip
+            pending = ""
+            try:
+                while session.is_open() and not stop.is_set():
+                    session.update(timeout=0.5)
+                    pending += session.read_stdout() if session.peek_stdout() else ""
+                    *done, pending = re.split(r"[\r\n]+", pending)
+                    for line in done:
+                        if text := _ANSI.sub("", line).strip():
+                            on_line(text)
+                if text := _ANSI.sub("", pending).strip():
+                    on_line(text)
+            finally:
+                session.close()
+            return -1 if stop.is_set() else int(session.returncode)
+
+        try:
+            return await asyncio.to_thread(run)
+        except asyncio.CancelledError:
+            stop.set()
+            raise
         except (ApiException, OSError, ValueError, urllib3.exceptions.HTTPError) as exc:
             raise ClusterError(f"exec in pod {namespace}/{pod}: {exc}") from None
 

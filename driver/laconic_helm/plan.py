@@ -15,8 +15,8 @@ class Action:
     """One change to the world, named so a person can read it and a test can target it.
 
     `step` groups actions (cluster, images, release/<name>); `verb` says what happens
-    (e.g. create-cluster, load-image, tag-image, unlock-release, rollback-release,
-    uninstall-release, adopt-object, create-secret, upgrade-release); `target` names the object.
+    (e.g. create-cluster, unlock-release, uninstall-release, adopt-object,
+    apply-secret, wait-restart-window, upgrade-release); `target` names the object.
     """
 
     step: str

@@ -17,6 +17,9 @@ install) is stamped with Helm's ownership metadata, so the upgrade takes it over
 another release stops the run before any write. Helm 4 takes objects over with client-side
 apply (see `_upgrade`) and applies server-side otherwise.
 
+Restarts: an upgrade that changes the pod template of a serving rpc or validator node waits
+for the node's restart window first (restarts.py), unless turned off.
+
 Skipping: the digest of the chart's files, the effective values and the caller's extras (image
 IDs, Secret content hashes) is stored in the revision's description and as a pod annotation.
 When the newest revision is `deployed` with the desired digest, nothing is written at all.
@@ -38,7 +41,7 @@ import yaml
 from pydantic import ValidationError
 from pyhelm3 import errors as helm_errors
 
-from laconic_helm import kube, paths, spec
+from laconic_helm import kube, paths, restarts, spec
 from laconic_helm.errors import ClusterError, DeadlineExceeded, ReleaseError, SpecError
 from laconic_helm.helm import STOP_GRACE, live_helm_pids, release_error
 from laconic_helm.plan import Action
@@ -148,12 +151,13 @@ def compute_digest(
     return f"sha256:{h.hexdigest()}"
 
 
-def _chart_has_pod_annotations(chart: Path) -> bool:
+def _chart_defaults(chart: Path) -> dict[str, Any]:
+    """The chart's own values.yaml ({} when unreadable: helm's render reports that)."""
     try:
         defaults = yaml.safe_load((chart / "values.yaml").read_text()) or {}
     except (OSError, yaml.YAMLError):
-        return False
-    return isinstance(defaults, dict) and POD_ANNOTATIONS in defaults
+        return {}
+    return defaults if isinstance(defaults, dict) else {}
 
 
 @dataclass(frozen=True)
@@ -168,6 +172,7 @@ class DesiredRelease:
     secrets: tuple[kube.SecretData, ...] = ()
     wait: bool = True
     timeout: int = 300
+    restart_window: restarts.WindowPolicy | None = None  # what a restart of its node waits for
 
     @property
     def target(self) -> str:
@@ -204,7 +209,8 @@ def desired_release(
         secrets.append(kube.SecretData(release.namespace, s.name, data))
     values = effective_values(release)
     digest = compute_digest(chart, values, parts)
-    if _chart_has_pod_annotations(chart):
+    defaults = _chart_defaults(chart)
+    if POD_ANNOTATIONS in defaults:
         values = merge_values(values, {POD_ANNOTATIONS: {DIGEST_ANNOTATION: digest}})
     return DesiredRelease(
         name=release.name,
@@ -215,6 +221,7 @@ def desired_release(
         secrets=tuple(secrets),
         wait=release.wait,
         timeout=release.timeout,
+        restart_window=restarts.policy_of(merge_values(defaults, values)),
     )
 
 
@@ -282,6 +289,8 @@ class ReleaseState:
     busy: tuple[int, ...] = ()  # pids of helm processes on this host working on the release
     # ObjectRef.key of every object the newest deployed (or superseded) revision applied
     applied: frozenset[tuple[str, str, str | None, str]] = frozenset()
+    # serving node pods the due upgrade restarts (looked for only under a restart window)
+    restarting: tuple[restarts.RunningNode, ...] = ()
 
     @property
     def adopting(self) -> tuple[kube.ObjectRef, ...]:
@@ -320,7 +329,7 @@ async def _read_revisions(k: kube.Kube, name: str, namespace: str) -> tuple[Revi
     return tuple(sorted((revision_from_secret(s) for s in secrets), key=lambda r: r.number))
 
 
-async def _render(helm: Helm, desired: DesiredRelease, upgrade: bool) -> list[kube.ObjectRef]:
+async def _render(helm: Helm, desired: DesiredRelease, upgrade: bool) -> list[Any]:
     chart = await _chart(helm, desired)
     try:
         docs = await helm.client.template_resources(
@@ -336,7 +345,7 @@ async def _render(helm: Helm, desired: DesiredRelease, upgrade: bool) -> list[ku
         raise release_error(desired.name, "template", exc) from None
     except yaml.YAMLError:
         raise ReleaseError(desired.name, "the chart renders invalid YAML") from None
-    return _refs(objects)
+    return objects
 
 
 async def check_renders(helm: Helm, desired: DesiredRelease) -> None:
@@ -422,7 +431,8 @@ async def observe_release(
         return state
     rendered = []
     existing = []
-    for ref in await _render(helm, desired, upgrade=bool(revisions)):
+    objects = await _render(helm, desired, upgrade=bool(revisions))
+    for ref in _refs(objects):
         ref = await k.scoped(ref, ns)
         rendered.append(ref)
         live = await k.get_object(ref)
@@ -431,6 +441,11 @@ async def observe_release(
     good = next((r for r in reversed(revisions) if r.status in GOOD), None)
     applied = frozenset(
         [(await k.scoped(ref, ns)).key for ref in _manifest_refs(good.manifest)] if good else []
+    )
+    restarting = (
+        await restarts.observe_running(k, ns, good.manifest, objects)
+        if good and desired.restart_window
+        else ()
     )
     return ReleaseState(
         name,
@@ -442,6 +457,7 @@ async def observe_release(
         tuple(existing),
         busy,
         applied,
+        restarting,
     )
 
 
@@ -469,11 +485,15 @@ def _check_claims(desired: DesiredRelease, state: ReleaseState) -> None:
         )
 
 
-def plan_release(desired: DesiredRelease, state: ReleaseState) -> list[Action]:
+def plan_release(
+    desired: DesiredRelease, state: ReleaseState, *, restart_window: bool = True
+) -> list[Action]:
     """Decides, without I/O, what brings the release from `state` to `desired`.
 
-    Raises ReleaseError, before anything is written, when a live helm holds the release or
-    when the chart renders an object that another release owns.
+    An upgrade that restarts a serving node waits for its restart window first, unless the
+    release has none or `restart_window` is off. Raises ReleaseError, before anything is
+    written, when a live helm holds the release or when the chart renders an object that
+    another release owns.
     """
     step, target = desired.step, desired.target
     latest = state.latest
@@ -515,7 +535,12 @@ def plan_release(desired: DesiredRelease, state: ReleaseState) -> list[Action]:
         was = "failed" if latest.status in PENDING else latest.status
         how = f"upgrade from revision {latest.number} ({was})"
     upgrade = Action(step, "upgrade-release", target, f"{how}, digest {_short(desired.digest)}")
-    return [*recovery, *prepare, upgrade]
+    waits = [
+        Action(step, "wait-restart-window", node.target, desired.restart_window.describe())
+        for node in state.restarting
+        if restart_window and desired.restart_window
+    ]
+    return [*recovery, *prepare, *waits, upgrade]
 
 
 def plan_objects(desired: DesiredRelease, state: ReleaseState) -> list[Action]:
@@ -543,6 +568,7 @@ class ReleaseOutcome:
     actions: tuple[Action, ...]
     revision: int | None
     digest: str
+    restart_wait: float | None = None  # seconds spent waiting for a restart window
 
     @property
     def changed(self) -> bool:
@@ -661,14 +687,17 @@ async def apply_release(
     actions: Iterable[Action],
     *,
     deadline: float | None = None,
+    progress: Callable[[str], None] = lambda _: None,
 ) -> ReleaseOutcome:
     """Carries out planned actions in order; each re-reads what it is about to change.
 
     Helm runs are stopped (SIGINT) in time for `deadline`, or when the task is cancelled; the
-    revision is then recorded `failed` and the next run carries on from it.
+    revision is then recorded `failed` and the next run carries on from it. A restart-window
+    wait shows what it waits for through `progress`.
     """
     done: list[Action] = []
     revision = state.latest.number if state.latest else None
+    waited: float | None = None
     for action in actions:
         verb = action.verb
         if verb == "unlock-release":
@@ -695,12 +724,18 @@ async def apply_release(
             ref = next(o.ref for o in state.existing if str(o.ref) == action.target)
             if not await _adopt(k, desired, ref):
                 continue
+        elif verb == "wait-restart-window":
+            node = next(n for n in state.restarting if n.target == action.target)
+            assert desired.restart_window is not None  # planned only under one
+            waited = (waited or 0.0) + await restarts.wait_for_window(
+                k, desired.name, node, desired.restart_window, deadline=deadline, progress=progress
+            )
         elif verb == "upgrade-release":
             revision = await _upgrade(helm, desired, state, deadline)
         elif verb != "up-to-date":
             raise ValueError(f"unknown release action {verb!r}")
         done.append(action)
-    return ReleaseOutcome(tuple(done), revision, desired.digest)
+    return ReleaseOutcome(tuple(done), revision, desired.digest, waited)
 
 
 async def ensure_release(
@@ -710,11 +745,15 @@ async def ensure_release(
     *,
     deadline: float | None = None,
     busy_wait: float = BUSY_WAIT,
+    restart_window: bool = True,
+    progress: Callable[[str], None] = lambda _: None,
 ) -> ReleaseOutcome:
     """Brings one release to `desired` from whatever state it is in; idempotent."""
     state = await observe_release(k, helm, desired, busy_wait=busy_wait)
-    actions = plan_release(desired, state)
-    return await apply_release(k, helm, desired, state, actions, deadline=deadline)
+    actions = plan_release(desired, state, restart_window=restart_window)
+    return await apply_release(
+        k, helm, desired, state, actions, deadline=deadline, progress=progress
+    )
 
 
 async def ensure_release_absent(
