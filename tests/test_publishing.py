@@ -20,6 +20,7 @@ import yaml
 from tests.charts_support import CHART_NAMES, CHARTS, REPO, Scenario, render
 from tests.conftest import TOOLS_BIN
 from tests.harness import registry
+from tests.harness.api import KubeAPI
 
 # A Solana keypair as solana-keygen writes it: a JSON array of 64 byte values.
 KEYPAIR = re.compile(r"\[\s*\d{1,3}(?:\s*,\s*\d{1,3}){63}\s*\]")
@@ -106,9 +107,11 @@ def test_the_keypair_pattern_finds_the_ci_keypairs() -> None:
 @pytest.mark.parametrize("chart", CHART_NAMES)
 def test_chart_metadata_names_home_sources_icon_maintainers_and_license(chart: str) -> None:
     meta = _chart_yaml(chart)
-    repo_url = "https://github.com/LaconicNetwork/laconic-helm"
-    assert meta["home"].startswith(repo_url), meta["home"]
-    assert repo_url in meta["sources"]
+    # The first source is this repository, the same for every chart; home and icon point into it.
+    repo_url = meta["sources"][0]
+    assert re.fullmatch(r"https://github\.com/[\w.-]+/[\w.-]+", repo_url), repo_url
+    assert {_chart_yaml(other)["sources"][0] for other in CHART_NAMES} == {repo_url}
+    assert meta["home"] == f"{repo_url}/tree/main/charts/{chart}", meta["home"]
     assert all(s.startswith("https://") for s in meta["sources"]), meta["sources"]
     assert meta["maintainers"] and all(m.get("name") for m in meta["maintainers"])
 
@@ -116,6 +119,7 @@ def test_chart_metadata_names_home_sources_icon_maintainers_and_license(chart: s
     prefix = repo_url.replace("github.com", "raw.githubusercontent.com") + "/main/"
     assert meta["icon"].startswith(prefix), meta["icon"]
     icon = REPO / meta["icon"].removeprefix(prefix)
+    assert icon == CHARTS / chart / "icon.svg", meta["icon"]
     assert icon.is_file(), f"{meta['icon']} points at {icon}, which is not in the repository"
     assert ET.parse(icon).getroot().tag == "{http://www.w3.org/2000/svg}svg"
 
@@ -232,7 +236,7 @@ def _reported_digest(done: subprocess.CompletedProcess[str]) -> str:
 )
 @pytest.mark.parametrize("chart", CHART_NAMES)
 def test_push_to_an_oci_registry_and_install_from_it(
-    helm_bin: str, chart: str, kube_api: Any, namespace: str, tmp_path: Path
+    helm_bin: str, chart: str, kube_api: KubeAPI, namespace: str, tmp_path: Path
 ) -> None:
     binary = _tool(registry.BINARY, "oci_registry")
     version = str(_chart_yaml(chart)["version"])
