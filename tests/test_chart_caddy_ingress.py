@@ -196,7 +196,7 @@ def test_service_never_takes_a_shape_the_api_rejects(helm_bin: str, service_type
         "service.externalTrafficPolicy=Local",
         "service.httpNodePort=30080",
     )
-    spec = one(docs, "Service")["spec"]
+    spec = one(docs, "Service", f"rel-{CHART}")["spec"]
     if service_type == "ClusterIP":
         assert "externalTrafficPolicy" not in spec
         assert all("nodePort" not in p for p in spec["ports"])
@@ -279,11 +279,12 @@ def test_certificates_are_restored_before_the_controller_and_backed_up_beside_it
     restore_mounts = {m["name"]: m for m in spec["initContainers"][0]["volumeMounts"]}
     assert restore_mounts["cert-backup"]["readOnly"] is True
     # Secrets are read and created in the release namespace only.
-    role = one(docs, "Role")
+    role = one(docs, "Role", f"rel-{CHART}-cert-backup")
     assert role["rules"] == [
         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "create"]}
     ]
-    assert one(docs, "RoleBinding")["subjects"][0]["name"] == spec["serviceAccountName"]
+    binding = one(docs, "RoleBinding", f"rel-{CHART}-cert-backup")
+    assert binding["subjects"][0]["name"] == spec["serviceAccountName"]
     scripts = one(docs, "ConfigMap", f"rel-{CHART}-cert-backup")["data"]
     assert set(scripts) == {"cert-restore.sh", "cert-backup.sh"}
 
@@ -291,7 +292,7 @@ def test_certificates_are_restored_before_the_controller_and_backed_up_beside_it
 def test_without_cert_backup_nothing_touches_the_host(helm_bin: str) -> None:
     docs = render(helm_bin, DEFAULTS)
     assert "initContainers" not in pod_spec(docs)
-    assert not of_kind(docs, "Role")
+    assert not [r for r in of_kind(docs, "Role") if "cert-backup" in r["metadata"]["name"]]
     assert all("hostPath" not in v for v in pod_spec(docs)["volumes"])
 
 

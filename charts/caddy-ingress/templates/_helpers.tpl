@@ -111,8 +111,31 @@ env:
     value: {{ .Values.certBackup.selector | quote }}
   - name: INTERVAL_SECONDS
     value: {{ .Values.certBackup.intervalSeconds | quote }}
+  # kubectl keeps its discovery cache under $HOME; the root filesystem is read-only.
+  - name: HOME
+    value: /tmp
   - name: POD_NAMESPACE
     valueFrom:
       fieldRef:
         fieldPath: metadata.namespace
+{{- end }}
+
+{{/* True (non-empty) when more than one controller pod runs. */}}
+{{- define "caddy-ingress.replicated" -}}
+{{- if gt (int .Values.replicaCount) 1 }}true{{ end }}
+{{- end }}
+
+{{/* True (non-empty) when the PodDisruptionBudget is rendered: as asked, else with replicas > 1. */}}
+{{- define "caddy-ingress.pdbEnabled" -}}
+{{- $enabled := .Values.podDisruptionBudget.enabled }}
+{{- if kindIs "invalid" $enabled }}
+{{- include "caddy-ingress.replicated" . }}
+{{- else if $enabled }}true{{ end }}
+{{- end }}
+
+{{/* Fails when a Prometheus object is asked for while the controller serves no metrics. */}}
+{{- define "caddy-ingress.needsMetrics" -}}
+{{- if and (not .Values.metrics) (or .Values.monitoring.podAnnotations .Values.monitoring.serviceMonitor.enabled .Values.monitoring.podMonitor.enabled) }}
+{{- fail "ERROR: monitoring.* scrapes /metrics, which the controller serves only with metrics: true" }}
+{{- end }}
 {{- end }}
