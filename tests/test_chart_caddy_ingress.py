@@ -182,7 +182,7 @@ def test_adoption_overlay_renders_laconic_so_names(helm_bin: str) -> None:
     # laconic-so's, both on host ports 80/443, which the API refuses.
     assert controller(docs)["name"] == "caddy-ingress-controller"
     assert controller(docs)["args"][:2] == [
-        "-config-map=caddy-system/caddy-ingress-controller-configmap",
+        "-config-map=caddy-ingress-controller-configmap",
         "-class-name=caddy",
     ]
 

@@ -249,6 +249,21 @@ def test_metrics_are_scrapable_through_a_cluster_only_service(
 
 @pytest.mark.helm
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.id)
+def test_controller_is_pointed_at_its_configmap_by_bare_name(
+    helm_bin: str, scenario: Scenario
+) -> None:
+    # v0.2.1 compares each ConfigMap's name in its own namespace with -config-map: a
+    # `<namespace>/<name>` value never matches, and metrics (like the ACME settings) stay off.
+    docs = render(helm_bin, scenario)
+    args = pod_spec(docs)["containers"][0]["args"]
+    (name,) = [a.split("=", 1)[1] for a in args if a.startswith("-config-map=")]
+    config = one(docs, "ConfigMap", name)
+    assert "namespace" not in config["metadata"]  # the release namespace, the pod's own
+    assert config["data"]["metrics"] == "true"
+
+
+@pytest.mark.helm
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.id)
 def test_prometheus_objects_only_when_asked(helm_bin: str, scenario: Scenario) -> None:
     docs = render(helm_bin, scenario)
     assert not of_kind(docs, "ServiceMonitor") and not of_kind(docs, "PodMonitor")
