@@ -266,6 +266,8 @@ def test_test_mode_readiness_follows_get_health(node: e2e.Node) -> None:
 
 
 RPC_NAMESPACE = "agave-rpc"
+# rpc mode requests a real RPC host's cores and memory by default; the stand-in needs little.
+SMALL_NODE = {"resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}
 
 
 @pytest.fixture(scope="module")
@@ -279,6 +281,7 @@ def rpc_node(node: e2e.Node, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         "identity": {"keypair": keypair_bytes("rpc-node").decode()},
         "volumes": {v: {"type": "emptyDir"} for v in ("ledger", "accounts", "snapshots")},
         "terminationGracePeriodSeconds": 300,
+        **SMALL_NODE,
         **FAST_PROBES,
     }
     path = tmp_path_factory.mktemp("rpc") / "values.yaml"
@@ -368,8 +371,9 @@ def window_node(node: e2e.Node, tmp_path_factory: pytest.TempPathFactory) -> Ite
         "tests": agave["values"]["tests"],
         "identity": {"existingSecret": e2e.IDENTITY_SECRET},
         "volumes": {v: {"type": "emptyDir"} for v in ("ledger", "accounts", "snapshots")},
-        "terminationGracePeriodSeconds": 60,
+        "terminationGracePeriodSeconds": 300,  # the chart's floor in rpc mode
         "restartWindow": {"minIdleTime": 1, "timeout": 300},
+        **SMALL_NODE,
         **FAST_PROBES,
     }
     release = {
@@ -400,7 +404,8 @@ def _window_deploy(node: e2e.Node, path: Path, *args: str, rollout: str | None =
 
 
 def _release_step(run: Run, name: str) -> dict[str, Any]:
-    return next(s for s in run.report["steps"] if s["name"] == f"release {name}")
+    """The data of a release's step in the JSON report (actions, revision, restart_wait)."""
+    return next(s["data"] for s in run.report["steps"] if s["name"] == f"release {name}")
 
 
 def _serving_pod(node: e2e.Node) -> dict[str, Any]:
