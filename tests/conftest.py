@@ -25,6 +25,7 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 os.environ["PATH"] = f"{TOOLS_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
 
 HELM_BINARIES = {4: "helm", 3: "helm3"}
+AGAVE_PROGRAMS = ("agave-validator", "solana-test-validator")
 
 # kube_api, namespace, kubelet, kind_cli: see tests/harness/fixtures.py; deployed (a converged
 # deployment for the session): tests/harness/deployed.py; the fault-injection figures at the
@@ -57,6 +58,13 @@ def _missing(marker: str) -> str | None:
         from tests.harness import realkind
 
         return realkind.missing()
+    if marker == "agave":
+        absent = [n for n in AGAVE_PROGRAMS if shutil.which(n) is None]
+        return (
+            f"agave not built: {', '.join(absent)} (scripts/provision-tools agave)"
+            if absent
+            else None
+        )
     return None
 
 
@@ -64,7 +72,7 @@ _requirement_cache: dict[str, str | None] = {}
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    for marker in ("helm", "docker", "apiserver", "cluster"):
+    for marker in ("helm", "docker", "apiserver", "cluster", "agave"):
         if item.get_closest_marker(marker) is None:
             continue
         if marker not in _requirement_cache:
@@ -94,7 +102,7 @@ def helm_bin(request: pytest.FixtureRequest) -> str:
     return helm_binary(request.param)
 
 
-_REQUIRED_IN_CI = {"helm", "docker", "apiserver", "cluster"}
+_REQUIRED_IN_CI = {"helm", "docker", "apiserver", "cluster", "agave"}
 _skipped_required: list[str] = []
 
 

@@ -467,6 +467,70 @@ def test_no_window_before_the_deadline_stops_with_exit_3_and_restarts_nothing(
     assert _serving_pod(node)["metadata"]["uid"] != pod["metadata"]["uid"]
 
 
+# -- the real agave release in test mode ------------------------------------------------------
+
+REAL_NAMESPACE = "agave-real"
+
+
+def _rpc_in_pod(node: e2e.Node, namespace: str, pod: str, method: str) -> Any:
+    """A JSON-RPC call made inside the node's pod (busybox wget), so no port is published."""
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method})
+    done = node.kubectl(
+        "exec", "--namespace", namespace, pod, "--", "wget", "-q", "-O-",
+        "--header", "Content-Type: application/json", "--post-data", body,
+        "http://127.0.0.1:8899/",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)["result"]
+
+
+@pytest.mark.agave
+def test_the_real_solana_test_validator_serves_in_test_mode(node: e2e.Node, tmp_path: Path) -> None:
+    """The chart's test mode with the agave release it defaults to (built from crates.io), not
+    the stand-in: it starts, turns ready on its own health, passes `helm test`, makes slots."""
+    real = realkind.test_images().get("agave-real")
+    assert real, (
+        "no real agave image: scripts/provision-kind test_images makes it once agave is built"
+    )
+    load = subprocess.run(
+        [sys.executable, "-m", "laconic_helm", "images", "load", "--cluster", node.cluster, real],
+        env=node.env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert load.returncode == 0, load.stderr
+    image, tag = e2e.repo_tag(real)
+    busybox, busybox_tag = e2e.repo_tag(realkind.test_images()["busybox"])
+    values = {
+        "mode": "test",
+        "image": {"repository": image, "tag": tag},
+        "tests": {"image": {"repository": busybox, "tag": busybox_tag}},
+        **FAST_PROBES,
+    }
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    try:
+        done = node.helm(
+            "upgrade", "--install", "real", str(e2e.REPO / "charts" / "agave"),
+            "--namespace", REAL_NAMESPACE, "--create-namespace", "-f", str(path),
+            "--wait", "--timeout", "420s",
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        tested = node.helm("test", "real", "--namespace", REAL_NAMESPACE, "--timeout", "180s")
+        assert tested.returncode == 0, tested.stdout + tested.stderr
+        (pod,) = _workload_pods(node, REAL_NAMESPACE, "real")
+        name = pod["metadata"]["name"]
+        assert _rpc_in_pod(node, REAL_NAMESPACE, name, "getHealth") == "ok"
+        assert _rpc_in_pod(node, REAL_NAMESPACE, name, "getVersion")["solana-core"] == tag.lstrip(
+            "v"
+        )
+        first = _rpc_in_pod(node, REAL_NAMESPACE, name, "getSlot")
+        _eventually(
+            lambda: _rpc_in_pod(node, REAL_NAMESPACE, name, "getSlot") > first, "a new slot"
+        )
+    finally:
+        node.helm("uninstall", "real", "--namespace", REAL_NAMESPACE, "--wait", "--timeout", "120s")
+        node.kubectl("delete", "namespace", REAL_NAMESPACE, "--wait=false")
+
+
 # -- the takeover of a running laconic-so node (a cluster of its own) -------------------------
 
 LACONIC_SO_HOST = "biscayne.example.org"  # the fixture's http-proxy host name
