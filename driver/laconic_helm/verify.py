@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 TIMEOUT = 10.0
+_NODE_METHODS = ("getSlot", "getMaxShredInsertSlot", "getVersion", "getIdentity")
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ def _call(url: str, host: str | None, method: str) -> dict[str, Any]:
 
 
 def _probe(url: str, host: str | None) -> Probe:
-    node = _read_health(url, host)
+    node = _read_health(url, host, ("getVersion",))  # two calls: the deploy's last step
     if not node.reachable:
         return Probe(url, host, False, node.health)
     return Probe(url, host, node.health == "ok", f"getHealth: {node.health}", node.version)
@@ -121,10 +122,13 @@ def _text(answer: dict[str, Any], key: str) -> str | None:
     return str(result[key]) if isinstance(result, dict) and key in result else None
 
 
-def _read_health(url: str, host: str | None) -> NodeHealth:
+def _read_health(
+    url: str, host: str | None, methods: tuple[str, ...] = _NODE_METHODS
+) -> NodeHealth:
+    """getHealth, then `methods`; what is not asked for stays unknown."""
     try:
         health = _call(url, host, "getHealth")
-        answers = {m: _call(url, host, m) for m in _NODE_METHODS}
+        answers = {m: _call(url, host, m) for m in methods}
     except urllib.error.HTTPError as exc:
         return NodeHealth(url, host, False, f"HTTP {exc.code} from the ingress")
     except (urllib.error.URLError, OSError) as exc:
@@ -137,14 +141,11 @@ def _read_health(url: str, host: str | None) -> NodeHealth:
         host,
         True,
         str(state),
-        slot=_number(answers["getSlot"]),
-        shred_slot=_number(answers["getMaxShredInsertSlot"]),
-        version=_text(answers["getVersion"], "solana-core"),
-        identity=_text(answers["getIdentity"], "identity"),
+        slot=_number(answers.get("getSlot", {})),
+        shred_slot=_number(answers.get("getMaxShredInsertSlot", {})),
+        version=_text(answers.get("getVersion", {}), "solana-core"),
+        identity=_text(answers.get("getIdentity", {}), "identity"),
     )
-
-
-_NODE_METHODS = ("getSlot", "getMaxShredInsertSlot", "getVersion", "getIdentity")
 
 
 async def read_health(url: str, host: str | None) -> NodeHealth:
