@@ -29,9 +29,11 @@ from tests.charts_support import (
     render_error,
     uninstall,
 )
+from tests.harness import realkind
 
 if TYPE_CHECKING:
     from tests.harness.api import KubeAPI
+    from tests.harness.kubelet import Kubelet
 
 CHART = "agave"
 DEFAULTS = Scenario(CHART, ())
@@ -414,5 +416,55 @@ def test_restricted_namespace_refuses_a_root_node(
         assert 'violates PodSecurity "restricted:latest"' in refused[0]
         assert "runAsNonRoot" in refused[0] or "runAsUser=0" in refused[0]
         assert kube_api.harness.get(f"/api/v1/namespaces/{namespace}/pods")["items"] == []
+    finally:
+        uninstall(helm4(), kube_api, namespace)
+
+
+def test_the_test_node_serves_as_its_own_uid_in_a_restricted_namespace(
+    kube_api: KubeAPI, kubelet: Kubelet | None, namespace: str, tmp_path: Path
+) -> None:
+    """Admission is not enough: the non-root node must also write its ledger (the stand-in
+    makes its admin socket there) and serve (`--wait` waits for readiness: getHealth "ok")."""
+    restricted_namespace(kube_api, namespace)
+    images = realkind.test_images()
+    node_repo, _, node_tag = images["agave"].rpartition(":")
+    values = {
+        "mode": "test",
+        "image": {"repository": node_repo, "tag": node_tag},
+        "tests": {"enabled": False},
+        "volumes": {"ledger": {"type": "emptyDir"}},
+        "probes": {"startup": {"periodSeconds": 2}, "readiness": {"periodSeconds": 2}},
+        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}},
+    }
+    path = tmp_path / "values.yaml"
+    path.write_text(json.dumps(values))
+
+    def helm(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [helm4(), *args, "--namespace", namespace],
+            env=kube_api.env, capture_output=True, text=True, check=False, timeout=300,
+        )  # fmt: skip
+
+    done = helm(
+        "upgrade", "--install", "rel", str(CHARTS / CHART), "--values", str(path),
+        "--wait", "--timeout", "180s",
+    )  # fmt: skip
+    try:
+        assert done.returncode == 0, done.stderr
+        if kube_api.real_kubelet:
+            # The process really is uid 10001, and the ledger it wrote is its own.
+            (pod,) = kube_api.harness.get(
+                f"/api/v1/namespaces/{namespace}/pods?labelSelector="
+                "app.kubernetes.io/component%3Dnode"
+            )["items"]
+            kubectl = shutil.which("kubectl")
+            assert kubectl is not None
+            shown = subprocess.run(
+                [kubectl, "exec", "--namespace", namespace, pod["metadata"]["name"], "-c",
+                 "agave", "--", "sh", "-c", "id -u; stat -c %u /data/ledger/admin.rpc"],
+                env=kube_api.env, capture_output=True, text=True, check=False, timeout=60,
+            )  # fmt: skip
+            assert shown.returncode == 0, shown.stderr
+            assert shown.stdout.split() == ["10001", "10001"]
     finally:
         uninstall(helm4(), kube_api, namespace)
