@@ -1,12 +1,13 @@
-"""Every command line the agave chart renders, through the argument parser of the agave release
-it defaults to: agave-validator for rpc and validator modes, solana-test-validator for test mode,
-both built from crates.io by `scripts/provision-tools agave`.
+"""Every command line the agave chart renders, run by the agave release it defaults to:
+agave-validator for rpc and validator modes, solana-test-validator for test mode, both built
+from crates.io by `scripts/provision-tools agave`.
 
-The node is never started for real: each program runs in a network namespace of its own with
-no interface up (no packet can leave), its paths moved under a temporary folder. A command line
-the parser accepts gets past parsing and fails later, at its first socket, or is still starting
-when the short time limit ends it; one it rejects fails at once with the parser's usage error,
-which is what the tests look for.
+Each program runs as the pod would run it: the container's user and capabilities (a bounding
+set of just what its securityContext adds, no new privileges), in a network namespace of its own
+with only loopback up (no packet can leave the host), its paths moved under a temporary folder,
+for a few seconds. A command line the parser rejects fails at once with the parser's usage
+error; one it accepts but the pod's capabilities cannot run (agave 4.2 refuses to start without
+the capabilities XDP needs) fails with agave's own capability error. Either fails the test.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import re
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,23 +31,44 @@ CHART = REPO / "charts" / "agave"
 SCENARIOS = sorted(p.name for p in (CHART / "ci").glob("*-values.yaml"))
 # clap's closing line after a usage error (v2 and v4 spellings).
 USAGE_ERROR = re.compile(r"For more information,? try")
+# agave's refusal to run without the capabilities its configuration needs (XDP, niceness).
+CAPABILITY_ERROR = re.compile(r"requires the following capabilities")
 RUN_SECONDS = 8
 
 
-def _node_command(values_file: str) -> list[str]:
-    """The node container's command and arguments as the chart renders them."""
+@dataclass(frozen=True)
+class NodeContainer:
+    """What the chart renders for the node container: its command line and who runs it."""
+
+    argv: list[str]
+    uid: int
+    gid: int
+    capabilities: tuple[str, ...]  # added to an emptied set (the chart drops ALL first)
+
+
+def _node(values_file: str, *extra: str) -> NodeContainer:
     done = subprocess.run(
-        ["helm", "template", "node", str(CHART), "-f", str(CHART / "ci" / values_file)],
+        ["helm", "template", "node", str(CHART), "-f", str(CHART / "ci" / values_file), *extra],
         capture_output=True,
         text=True,
         check=True,
     )
     for doc in yaml.safe_load_all(done.stdout):
         if doc and doc.get("kind") == "Deployment":
-            container = next(
-                c for c in doc["spec"]["template"]["spec"]["containers"] if c["name"] == "agave"
+            pod = doc["spec"]["template"]["spec"]
+            container = next(c for c in pod["containers"] if c["name"] == "agave")
+            context = {
+                **(pod.get("securityContext") or {}),
+                **(container.get("securityContext") or {}),
+            }
+            capabilities = context.get("capabilities") or {}
+            assert capabilities.get("drop") == ["ALL"], f"{values_file}: capabilities not dropped"
+            return NodeContainer(
+                [*container["command"], *container.get("args", [])],
+                int(context.get("runAsUser", 0)),
+                int(context.get("runAsGroup", 0)),
+                tuple(capabilities.get("add") or ()),
             )
-            return [*container["command"], *container.get("args", [])]
     raise AssertionError(f"{values_file}: no Deployment rendered")
 
 
@@ -76,64 +99,69 @@ def _localised(argv: list[str], root: Path) -> list[str]:
     return out
 
 
-def _parse(argv: list[str], root: Path) -> tuple[bool, str]:
-    """Runs the program on `argv` with no network; (accepted by its parser, output)."""
+def _run_as_pod(node: NodeContainer, root: Path) -> str:
+    """Runs the node's program as its container would (see the module's docstring); its output."""
+    argv = _localised(node.argv, root)
     program = shutil.which(argv[0])
     assert program is not None, f"{argv[0]} is not provisioned"
+    subprocess.run(["chown", "-R", f"{node.uid}:{node.gid}", str(root)], check=True)
+    bounding = ",".join(["-all", *(f"+{c.lower()}" for c in node.capabilities)])
+    as_pod = [
+        "setpriv", f"--reuid={node.uid}", f"--regid={node.gid}", "--clear-groups",
+        f"--bounding-set={bounding}", "--inh-caps=-all", "--no-new-privs",
+        "timeout", "--signal=KILL", str(RUN_SECONDS), program, *argv[1:],
+    ]  # fmt: skip
     done = subprocess.run(
-        [
-            "unshare",
-            "--net",
-            "--",
-            "timeout",
-            "--signal=KILL",
-            str(RUN_SECONDS),
-            program,
-            *argv[1:],
-        ],
+        ["unshare", "--net", "--", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *as_pod],
         cwd=root,
         capture_output=True,
         text=True,
         check=False,
     )
-    output = done.stdout + done.stderr
-    return USAGE_ERROR.search(output) is None, output
+    return done.stdout + done.stderr
 
 
-def _first_error(output: str) -> str:
-    return next((line for line in output.splitlines() if "error" in line.lower()), output[-300:])
+def _refusal(output: str) -> str | None:
+    """The line saying why the program refused to run, if it did."""
+    if USAGE_ERROR.search(output) or CAPABILITY_ERROR.search(output):
+        lines = output.splitlines()
+        return next((line for line in lines if "error" in line.lower()), output[-300:])
+    return None
 
 
 @pytest.mark.parametrize("values_file", SCENARIOS)
-def test_the_real_agave_accepts_every_rendered_command_line(
-    values_file: str, tmp_path: Path
-) -> None:
-    argv = _localised(_node_command(values_file), tmp_path)
-    accepted, output = _parse(argv, tmp_path)
-    assert accepted, (
-        f"{values_file}: {argv[0]} refuses {' '.join(argv[1:])}: {_first_error(output)}"
-    )
+def test_the_real_agave_runs_every_rendered_command_line(values_file: str, tmp_path: Path) -> None:
+    node = _node(values_file)
+    refused = _refusal(_run_as_pod(node, tmp_path))
+    assert refused is None, f"{values_file}: {' '.join(node.argv)}: {refused}"
 
 
 @pytest.mark.parametrize(
     ("values_file", "extra", "refused"),
     [
-        ("rpc-values.yaml", ["--gossip-host", "10.0.0.1"], "gossip-host"),  # removed in 4.0
-        ("test-values.yaml", ["--no-such-flag"], "no-such-flag"),
+        # removed in 4.0
+        ("rpc-values.yaml", ["--set-json", 'flags={"gossip-host":"10.0.0.1"}'], "gossip-host"),
+        # XDP (4.2's default) without the capabilities it needs
+        ("validator-values.yaml", ["--set-json", 'flags={"no-xdp":false}'], "capabilities"),
+        ("test-values.yaml", ["--set-json", 'flags={"no-such-flag":true}'], "no-such-flag"),
     ],
-    ids=["agave-validator-gossip-host", "solana-test-validator-unknown"],
+    ids=[
+        "agave-validator-gossip-host",
+        "xdp-without-capabilities",
+        "solana-test-validator-unknown",
+    ],
 )
-def test_the_check_catches_a_flag_the_release_refuses(
+def test_the_check_catches_what_the_release_refuses(
     values_file: str, extra: list[str], refused: str, tmp_path: Path
 ) -> None:
-    """The same check fails for a flag agave 4 dropped, so a pass above means something."""
-    argv = _localised(_node_command(values_file), tmp_path) + extra
-    accepted, output = _parse(argv, tmp_path)
-    assert not accepted and refused in output
+    """The same check fails for a flag agave 4 dropped and for XDP without its capabilities,
+    so a pass above means something."""
+    found = _refusal(_run_as_pod(_node(values_file, *extra), tmp_path))
+    assert found is not None and refused in found, found
 
 
 def test_the_chart_defaults_to_the_provisioned_agave_release() -> None:
-    """The chart's appVersion is the release whose parser the tests above ran."""
+    """The chart's appVersion is the release the tests above ran."""
     chart: dict[str, Any] = yaml.safe_load((CHART / "Chart.yaml").read_text())
     versions = (REPO / "scripts" / "tool-versions").read_text()
     pinned = re.search(r"^AGAVE_VERSION=(\S+)", versions, re.MULTILINE)

@@ -284,18 +284,6 @@ def _image_bytes(roles: tuple[str, ...]) -> int:
 # --- a trial ---------------------------------------------------------------------------------
 
 
-def _expect_interrupted(how: str, run: inj.DriverRun, code: int) -> None:
-    """The first run's exit code is the one the README documents for the signal."""
-    report, where = run.report, f"{how}: exit {code}\n{run.stderr}"
-    assert "Traceback" not in run.stderr, where
-    if how == "SIGKILL":
-        assert code == -signal.SIGKILL, where
-    elif how == "SIGKILL-helm":
-        assert code == 1 and report.get("error", "").startswith("release "), where
-    else:
-        assert code == 3 and f"stopped by {how}" in report["error"], where
-
-
 @pytest.mark.faults
 @pytest.mark.parametrize(
     "name,how", TRIALS, ids=[f"{n}-{h}".replace("/", "-").replace("%", "pct") for n, h in TRIALS]
@@ -306,16 +294,11 @@ def test_interrupted_deploy_converges_on_the_next_run(world: World, name: str, h
     exists = point.start != "nothing"
     mark = world.node.api().mark() if exists else None
     deployment = world.deployment(point.variant)
-    run = inj.DriverRun(deployment.argv("deploy"), deployment.env)
-    client = _client_getter(world)
-    try:
-        fired = inj.inject(run, inj.Probe(run, client), point.trigger(world), how, 300)
-        code = run.wait(INTERRUPTED_WAIT)
-    finally:
-        if run.alive():
-            run.process.kill()
-            run.wait(30)
-    _expect_interrupted(how, run, code)
+    run, code, fired = inj.interrupt(
+        deployment.argv("deploy"), deployment.env, _client_getter(world), point.trigger(world),
+        how, reach=300, stop=INTERRUPTED_WAIT,
+    )  # fmt: skip
+    inj.expect_documented_exit(how, run, code, f"{how}: exit {code}\n{run.stderr}")
 
     second = deployment.run("deploy", timeout=900)
     assert second.code == 0, f"re-run after {fired} failed: {second.error}\n{second.stderr}"

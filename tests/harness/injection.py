@@ -196,6 +196,45 @@ def inject(run: DriverRun, probe: Probe, trigger: Trigger, how: str, timeout: fl
     return Fired(how, round(time.monotonic() - run.started, 2), last, target)
 
 
+def interrupt(
+    argv: Sequence[str],
+    env: dict[str, str],
+    api: Callable[[], Client | None],
+    trigger: Trigger,
+    how: str,
+    *,
+    reach: float,
+    stop: float,
+) -> tuple[DriverRun, int, Fired]:
+    """Runs the driver, delivers `how` once `trigger` holds (within `reach` seconds) and waits
+    up to `stop` seconds for the run to end; a run still alive after that is killed."""
+    run = DriverRun(argv, env)
+    try:
+        fired = inject(run, Probe(run, api), trigger, how, reach)
+        code = run.wait(stop)
+    finally:
+        if run.alive():
+            run.process.kill()
+            run.wait(30)
+    return run, code, fired
+
+
+def expect_documented_exit(how: str, run: DriverRun, code: int, where: str) -> None:
+    """The interrupted run's exit is the one README documents for `how` (exit 3 for SIGINT and
+    SIGTERM with the signal named, death by SIGKILL, exit 1 naming the release when helm alone
+    was killed), with no traceback."""
+    report = run.report
+    assert "Traceback" not in run.stderr, where
+    if how == "SIGKILL":
+        assert code == -signal.SIGKILL, where
+    elif how == "SIGKILL-helm":
+        assert code == 1 and report.get("error", "").startswith("release "), where
+    else:
+        assert code == 3 and report["exit_code"] == 3, where
+        assert f"stopped by {how}" in report["error"], where
+        assert "re-run to continue" in report["error"], where
+
+
 # --- triggers -------------------------------------------------------------------------------
 
 
