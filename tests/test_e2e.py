@@ -284,18 +284,30 @@ def rpc_node(node: e2e.Node, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         **SMALL_NODE,
         **FAST_PROBES,
     }
-    path = tmp_path_factory.mktemp("rpc") / "values.yaml"
+    with _agave_by_hand(node, "rpc", RPC_NAMESPACE, values, tmp_path_factory.mktemp("rpc"), 180):
+        (pod,) = _workload_pods(node, RPC_NAMESPACE, "rpc")
+        yield pod["metadata"]["name"]
+
+
+@contextlib.contextmanager
+def _agave_by_hand(
+    node: e2e.Node, name: str, namespace: str, values: dict[str, Any], folder: Path, wait: int
+) -> Iterator[None]:
+    """The agave chart installed with `helm upgrade --install --wait` beside the module's
+    node, as an operator would by hand; uninstalled with its namespace afterwards."""
+    path = folder / "values.yaml"
     path.write_text(yaml.safe_dump(values))
-    done = node.helm(
-        "upgrade", "--install", "rpc", str(e2e.REPO / "charts" / "agave"),
-        "--namespace", RPC_NAMESPACE, "--create-namespace", "-f", str(path),
-        "--wait", "--timeout", "180s",
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    (pod,) = _workload_pods(node, RPC_NAMESPACE, "rpc")
-    yield pod["metadata"]["name"]
-    node.helm("uninstall", "rpc", "--namespace", RPC_NAMESPACE, "--wait", "--timeout", "120s")
-    node.kubectl("delete", "namespace", RPC_NAMESPACE, "--wait=false")
+    try:
+        done = node.helm(
+            "upgrade", "--install", name, str(e2e.REPO / "charts" / "agave"),
+            "--namespace", namespace, "--create-namespace", "-f", str(path),
+            "--wait", "--timeout", f"{wait}s",
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        yield
+    finally:
+        node.helm("uninstall", name, "--namespace", namespace, "--wait", "--timeout", "120s")
+        node.kubectl("delete", "namespace", namespace, "--wait=false")
 
 
 def test_rpc_mode_readiness_follows_the_slot_lag(node: e2e.Node, rpc_node: str) -> None:
@@ -505,30 +517,16 @@ def test_the_real_solana_test_validator_serves_in_test_mode(node: e2e.Node, tmp_
         "tests": {"image": {"repository": busybox, "tag": busybox_tag}},
         **FAST_PROBES,
     }
-    path = tmp_path / "values.yaml"
-    path.write_text(yaml.safe_dump(values))
-    try:
-        done = node.helm(
-            "upgrade", "--install", "real", str(e2e.REPO / "charts" / "agave"),
-            "--namespace", REAL_NAMESPACE, "--create-namespace", "-f", str(path),
-            "--wait", "--timeout", "420s",
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr
+    with _agave_by_hand(node, "real", REAL_NAMESPACE, values, tmp_path, 420):
         tested = node.helm("test", "real", "--namespace", REAL_NAMESPACE, "--timeout", "180s")
         assert tested.returncode == 0, tested.stdout + tested.stderr
         (pod,) = _workload_pods(node, REAL_NAMESPACE, "real")
         name = pod["metadata"]["name"]
         assert _rpc_in_pod(node, REAL_NAMESPACE, name, "getHealth") == "ok"
-        assert _rpc_in_pod(node, REAL_NAMESPACE, name, "getVersion")["solana-core"] == tag.lstrip(
-            "v"
-        )
+        version = _rpc_in_pod(node, REAL_NAMESPACE, name, "getVersion")
+        assert version["solana-core"] == tag.lstrip("v")
         first = _rpc_in_pod(node, REAL_NAMESPACE, name, "getSlot")
-        _eventually(
-            lambda: _rpc_in_pod(node, REAL_NAMESPACE, name, "getSlot") > first, "a new slot"
-        )
-    finally:
-        node.helm("uninstall", "real", "--namespace", REAL_NAMESPACE, "--wait", "--timeout", "120s")
-        node.kubectl("delete", "namespace", REAL_NAMESPACE, "--wait=false")
+        _eventually(lambda: _rpc_in_pod(node, REAL_NAMESPACE, name, "getSlot") > first, "a slot")
 
 
 # -- the takeover of a running laconic-so node (a cluster of its own) -------------------------

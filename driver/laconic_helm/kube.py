@@ -17,7 +17,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import urllib3
 
@@ -41,6 +41,7 @@ RELEASE_SECRET_TYPE = "helm.sh/release.v1"
 
 _TIMEOUT = (5.0, 30.0)  # connect, read seconds per request
 _GZIP_MAGIC = b"\x1f\x8b"
+T = TypeVar("T")
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # a terminal's colour and cursor codes
 
 
@@ -510,27 +511,38 @@ class Kube:
         if pending:
             yield pending.decode(errors="replace")
 
+    async def _exec(self, namespace: str, pod: str, work: Callable[[Callable[..., Any]], T]) -> T:
+        """Runs `work` in a worker thread with an opener of exec sessions into `pod` (the API
+        call kubectl exec makes); what goes wrong on the way is a ClusterError."""
+        from kubernetes.client import CoreV1Api
+        from kubernetes.client.exceptions import ApiException
+        from kubernetes.stream import stream
+
+        def session(container: str, argv: list[str], **options: Any) -> Any:
+            call = CoreV1Api(self._api).connect_get_namespaced_pod_exec
+            return stream(
+                call, pod, namespace, container=container, command=argv, stdin=False, **options
+            )
+
+        try:
+            return await asyncio.to_thread(work, session)
+        except (ApiException, OSError, ValueError, urllib3.exceptions.HTTPError) as exc:
+            raise ClusterError(f"exec in pod {namespace}/{pod}: {exc}") from None
+
     async def exec_output(
         self, namespace: str, pod: str, container: str, argv: list[str], *, timeout: float = 30
     ) -> str:
         """Runs `argv` in a running container (as kubectl exec does) and returns its stdout;
         raises ClusterError when it cannot be run."""
-        from kubernetes.client import CoreV1Api
-        from kubernetes.client.exceptions import ApiException
-        from kubernetes.stream import stream
-
-        def run() -> str:
-            output = stream(
-                CoreV1Api(self._api).connect_get_namespaced_pod_exec,
-                pod, namespace, container=container, command=argv,
-                stdout=True, stderr=False, stdin=False, tty=False, _request_timeout=timeout,
-            )  # fmt: skip
-            return str(output)
-
-        try:
-            return await asyncio.to_thread(run)
-        except (ApiException, OSError, ValueError, urllib3.exceptions.HTTPError) as exc:
-            raise ClusterError(f"exec in pod {namespace}/{pod}: {exc}") from None
+        return await self._exec(
+            namespace,
+            pod,
+            lambda session: str(
+                session(
+                    container, argv, stdout=True, stderr=False, tty=False, _request_timeout=timeout
+                )
+            ),
+        )
 
     async def exec_lines(
         self,
@@ -543,23 +555,17 @@ class Kube:
         """Runs `argv` in a running container on a terminal (programs that draw progress only
         on one, as agave's do, then print it) and hands each line it shows to `on_line` as it
         comes; returns the exit code. Cancelling the await closes the stream."""
-        from kubernetes.client import CoreV1Api
-        from kubernetes.client.exceptions import ApiException
-        from kubernetes.stream import stream
-
         stop = threading.Event()
 
-        def run() -> int:
-            session = stream(
-                CoreV1Api(self._api).connect_get_namespaced_pod_exec,
-                pod, namespace, container=container, command=argv,
-                stdout=True, stderr=True, stdin=False, tty=True, _preload_content=False,
-            )  # fmt: skip
+        def run(session: Callable[..., Any]) -> int:
+            shell = session(
+                container, argv, stdout=True, stderr=True, tty=True, _preload_content=False
+            )
             pending = ""
             try:
-                while session.is_open() and not stop.is_set():
-                    session.update(timeout=0.5)
-                    pending += session.read_stdout() if session.peek_stdout() else ""
+                while shell.is_open() and not stop.is_set():
+                    shell.update(timeout=0.5)
+                    pending += shell.read_stdout() if shell.peek_stdout() else ""
                     *done, pending = re.split(r"[\r\n]+", pending)
                     for line in done:
                         if text := _ANSI.sub("", line).strip():
@@ -567,16 +573,14 @@ class Kube:
                 if text := _ANSI.sub("", pending).strip():
                     on_line(text)
             finally:
-                session.close()
-            return -1 if stop.is_set() else int(session.returncode)
+                shell.close()
+            return -1 if stop.is_set() else int(shell.returncode)
 
         try:
-            return await asyncio.to_thread(run)
+            return await self._exec(namespace, pod, run)
         except asyncio.CancelledError:
             stop.set()
             raise
-        except (ApiException, OSError, ValueError, urllib3.exceptions.HTTPError) as exc:
-            raise ClusterError(f"exec in pod {namespace}/{pod}: {exc}") from None
 
     async def list_workloads(self, namespace: str) -> list[Workload]:
         """Returns the readiness of every Deployment, StatefulSet and DaemonSet in `namespace`."""
