@@ -164,7 +164,8 @@ def test_identity_is_a_secret_made_from_the_file_never_its_bytes(tmp_path: Path)
     out, report = imported(tmp_path, deployment)
     agave = load_spec(out / migrate.SPEC_FILE).releases[1]
     assert [(s.name, s.files) for s in agave.secrets] == [
-        ("agave-identity", {"identity.json": identity})
+        ("agave-identity", {"identity.json": identity}),
+        ("agave-metrics", {"config": out / migrate.METRICS_FILE}),
     ]
     assert values(out)["identity"] == {
         "existingSecret": "agave-identity",
@@ -220,7 +221,15 @@ def test_agave_config_becomes_chart_values(tmp_path: Path) -> None:
     assert flags["log"] == "/data/log/validator.log"
     assert flags["private-rpc"] and flags["only-known-rpc"] and flags["full-rpc-api"]
     assert {"name": "RUST_LOG", "value": "info"} in v["env"]
-    assert any(e["name"] == "SOLANA_METRICS_CONFIG" for e in v["env"])
+    # The metrics config holds a password: a Secret from a private file, never a value.
+    assert all(e["name"] != "SOLANA_METRICS_CONFIG" for e in v["env"])
+    assert v["metrics"] == {"existingSecret": "agave-metrics", "secretKey": "config"}
+    config = out / migrate.METRICS_FILE
+    assert config.read_text() == "host=http://localhost:8086,db=agave_metrics,u=admin,p=admin"
+    assert config.stat().st_mode & 0o777 == 0o600
+    assert all("p=admin" not in f.read_text() for f in out.iterdir() if f != config)
+    release = next(r for r in load_spec(out / migrate.SPEC_FILE).releases if r.name == "agave")
+    assert {s.name: s.files for s in release.secrets}["agave-metrics"] == {"config": config}
 
 
 @pytest.mark.unit
@@ -500,7 +509,8 @@ def test_only_a_test_node_makes_the_deploy_wait_for_readiness(tmp_path: Path) ->
     assert code == 0
     spec = load_spec(out / migrate.SPEC_FILE)
     assert spec.releases[1].wait is True
-    assert spec.releases[1].secrets == ()
+    # No keypair in test mode; the metrics config stays a Secret in every mode.
+    assert [s.name for s in spec.releases[1].secrets] == ["agave-metrics"]
 
 
 @pytest.mark.unit

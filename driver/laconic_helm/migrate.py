@@ -43,6 +43,11 @@ CADDY_NAMESPACE = "caddy-system"
 CADDY_NAME = "caddy-ingress-controller"  # laconic-so's name of every Caddy object
 AGAVE_RELEASE = "agave"
 IDENTITY_SECRET = "agave-identity"
+# SOLANA_METRICS_CONFIG carries the InfluxDB password: it becomes a Secret made from a private
+# file beside the spec, never a value (the chart refuses it as a plain env value).
+METRICS_ENV = "SOLANA_METRICS_CONFIG"
+METRICS_SECRET = "agave-metrics"
+METRICS_FILE = "agave-metrics-config"
 VOTE_SECRET = "agave-vote"
 MEMLOCK_RUNTIME = "high-memlock"
 CADDY_CERT_BACKUP_DIR = "/mnt/caddy-cert-backup"  # laconic-so's, under the /mnt umbrella mount
@@ -973,7 +978,9 @@ def _passed_env(
     passed: list[dict[str, str]] = []
     for key in sorted(env):
         from_config = key in so.env
-        if key in MAPPED_ENV or (key in JITO_FLAGS and env.get("JITO_ENABLE") == "true"):
+        if key in MAPPED_ENV or key == METRICS_ENV:
+            continue
+        if key in JITO_FLAGS and env.get("JITO_ENABLE") == "true":
             continue
         if key.startswith(AGAVE_ENV_PREFIXES):
             passed.append({"name": key, "value": env[key]})
@@ -1047,6 +1054,7 @@ class _Agave:
     secrets: list[dict[str, Any]]
     image: str | None  # a locally built image, which laconic-helm loads into the node
     mode: str
+    metrics: str | None = None  # SOLANA_METRICS_CONFIG, written to METRICS_FILE
 
 
 def _security(
@@ -1174,6 +1182,13 @@ def map_agave(
     passed = _passed_env(so, env, at, mode, found)
     if passed:
         values["env"] = passed
+    metrics = env.get(METRICS_ENV) or None
+    if metrics:
+        secrets.append({"name": METRICS_SECRET, "files": {"config": METRICS_FILE}})
+        values["metrics"] = {"existingSecret": METRICS_SECRET, "secretKey": "config"}
+        found.add("changed", at(METRICS_ENV), f"holds a password: it reaches the node from the "
+                  f"Secret {METRICS_SECRET}, made from {METRICS_FILE} (beside the spec, 0600), "
+                  "never from the values")  # fmt: skip
     values["resources"] = _resources(so, service, found)
     ingress = _ingress(so, service, rpc, found)
     if ingress is not None:
@@ -1190,7 +1205,7 @@ def map_agave(
         "agave-validator with the flags in agave.yaml, stops it with `agave-validator exit` "
         "(600 s grace; laconic-so gave 30 s) and lets agave fetch snapshots itself",
     )  # fmt: skip
-    return _Agave(values, secrets, f"{repository}:{tag}" if local else None, mode)
+    return _Agave(values, secrets, f"{repository}:{tag}" if local else None, mode, metrics)
 
 
 # -- Caddy, the rest, and the takeover -------------------------------------------------------
@@ -1466,6 +1481,8 @@ def build_import(deployment_dir: Path, out: Path, *, namespace: str | None = Non
             f"applied after {' and '.join(caddy_files)}.",
         ),
     }
+    if mapped.metrics:
+        files[METRICS_FILE] = mapped.metrics
     for name, target in zip(CADDY_OVERLAYS, caddy_files, strict=True):
         shipped = (data_dir("values") / "caddy-ingress" / name).read_text()
         files[target] = f"# Copied by the import from laconic-helm's values/caddy-ingress/{name}.\n"
@@ -1520,6 +1537,7 @@ def write_files(out: Path, files: Mapping[str, str], *, force: bool) -> bool:
         tmp.mkdir()
         for name, text in files.items():
             (tmp / name).write_text(text)
+            (tmp / name).chmod(0o600)  # the metrics config holds a password; the rest is private
         load_spec(tmp / SPEC_FILE, secret_files=False)  # a keypair may be on the node's host
         if out.exists():
             for name in files:
