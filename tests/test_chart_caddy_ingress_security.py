@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,7 @@ from tests.charts_support import (
 
 if TYPE_CHECKING:
     from tests.harness.api import KubeAPI
+    from tests.harness.kubelet import Kubelet
 
 CHART = "caddy-ingress"
 FULLNAME = f"rel-{CHART}"
@@ -369,6 +371,11 @@ def install_and_admit(api: KubeAPI, namespace: str, scenario: Scenario, *sets: s
     return pods_admitted(api, namespace)
 
 
+def ready_replicas(api: KubeAPI, namespace: str) -> int:
+    deployments = api.harness.get(f"/apis/apps/v1/namespaces/{namespace}/deployments")["items"]
+    return sum(d.get("status", {}).get("readyReplicas", 0) for d in deployments)
+
+
 def remove(api: KubeAPI, namespace: str) -> None:
     uninstall(helm4(), api, namespace, release=RELEASE)
 
@@ -378,7 +385,7 @@ NO_HOST_ACCESS = [CI["cluster-values"], CI["loadbalancer-values"], CI["ha-metric
 
 @pytest.mark.parametrize("scenario", NO_HOST_ACCESS, ids=lambda s: s.id)
 def test_restricted_namespace_admits_every_pod_without_host_access(
-    kube_api: KubeAPI, namespace: str, scenario: Scenario
+    kube_api: KubeAPI, namespace: str, kubelet: Kubelet | None, scenario: Scenario
 ) -> None:
     enforce(kube_api, namespace, "restricted")
     try:
@@ -386,6 +393,12 @@ def test_restricted_namespace_admits_every_pod_without_host_access(
         pods = kube_api.harness.get(f"/api/v1/namespaces/{namespace}/pods")["items"]
         wanted = replicas(render(helm4(), scenario))
         assert len(pods) == wanted
+        # And they run: on real kind as the chart's non-root user, binding :80/:443 through the
+        # sysctl, and ready once Caddy loaded the ConfigMap (no Ingress exists here).
+        deadline = time.monotonic() + 300
+        while ready_replicas(kube_api, namespace) < wanted:
+            assert time.monotonic() < deadline, f"{namespace}: pods not ready in 300 s"
+            time.sleep(1)
         # The `helm test` pod is admitted too (a server-side dry run goes through admission).
         test_pod = one(render(helm4(), scenario, release=RELEASE, namespace=namespace), "Pod")
         kube_api.harness.create(f"/api/v1/namespaces/{namespace}/pods?dryRun=All", test_pod)
