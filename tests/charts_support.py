@@ -217,43 +217,17 @@ def image_tag(image: str) -> str:
     return name.split(":", 1)[1] if ":" in name else ""
 
 
-def readme_commands(readme: Path) -> list[list[str]]:
-    """The `helm upgrade --install` lines of a README's shell blocks, as argv lists."""
+def readme_commands(readme: Path, *, published: bool = False) -> list[list[str]]:
+    """The `helm upgrade --install` lines of a README's shell blocks, as argv lists: those of
+    the chart in this checkout, or (`published`) those of the chart in the OCI registry."""
     commands = []
     for block in re.findall(r"^```(?:sh|bash|shell)\n(.*?)^```", readme.read_text(), re.M | re.S):
         for line in block.replace("\\\n", " ").splitlines():
             if line.startswith("helm upgrade --install "):
-                commands.append(shlex.split(line))
+                argv = shlex.split(line)
+                if argv[4].startswith("oci://") == published:
+                    commands.append(argv)
     return commands
-
-
-def _leaf_paths(values: dict[str, Any], prefix: str = "") -> Iterator[str]:
-    for key, value in values.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            yield path
-            yield from _leaf_paths(value, f"{path}.")
-        else:
-            yield path
-
-
-def values_documentation_gaps(chart: str) -> tuple[list[str], list[str]]:
-    """Values not covered by the README's values table, and table rows naming no value.
-
-    A row documents its key and everything under it (`updateStrategy` covers
-    `updateStrategy.type`); a map with rows of its own below it needs no row itself.
-    """
-    values = yaml.safe_load((CHARTS / chart / "values.yaml").read_text())
-    readme = (CHARTS / chart / "README.md").read_text().split("\n## Values\n", 1)[1]
-    documented = set(re.findall(r"^\| `([^`]+)` \|", readme, re.M))
-    paths = list(_leaf_paths(values))
-    undocumented = [
-        p
-        for p in paths
-        if not any(p == d or p.startswith(f"{d}.") or d.startswith(f"{p}.") for d in documented)
-    ]
-    stale = sorted(documented - set(paths))
-    return undocumented, stale
 
 
 def install(

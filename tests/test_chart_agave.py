@@ -33,7 +33,6 @@ from tests.charts_support import (
     render_error,
     schema_errors,
     uninstall,
-    values_documentation_gaps,
     workload,
 )
 
@@ -157,11 +156,6 @@ def test_too_small_port_range_is_refused_by_name(helm_bin: str) -> None:
 def test_port_inside_the_dynamic_range_is_refused(helm_bin: str) -> None:
     error = render_error(helm_bin, DEFAULTS, "ports.gossip=9010")
     assert "ports.gossip (9010) lies inside ports.dynamicPortRange" in error
-
-
-@pytest.mark.unit
-def test_readme_documents_every_value() -> None:
-    assert values_documentation_gaps(CHART) == ([], [])
 
 
 def test_typo_in_a_top_level_key_is_refused_by_name(helm_bin: str) -> None:

@@ -31,7 +31,6 @@ from tests.charts_support import (
     render_error,
     schema_errors,
     uninstall,
-    values_documentation_gaps,
     workload,
 )
 from tests.harness.laconic_so import CADDY_OBJECTS
@@ -248,11 +247,6 @@ def test_laconic_fork_is_selectable_and_needs_a_pinned_tag(helm_bin: str) -> Non
     assert 'image.tag must be a pinned tag, not "latest"' in render_error(
         helm_bin, DEFAULTS, "image.tag=latest"
     )
-
-
-@pytest.mark.unit
-def test_readme_documents_every_value() -> None:
-    assert values_documentation_gaps(CHART) == ([], [])
 
 
 def test_typo_in_a_top_level_key_is_refused_by_name(helm_bin: str) -> None:

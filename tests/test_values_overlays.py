@@ -138,6 +138,18 @@ def test_readme_install_lines_name_files_that_exist(readme: Path) -> None:
         assert all((REPO / v).exists() for v in values), argv
 
 
+@pytest.mark.unit
+@pytest.mark.parametrize("readme", README_CHARTS, ids=lambda p: p.parent.name)
+def test_readme_published_install_line_names_the_pushed_chart_and_version(readme: Path) -> None:
+    """The line for the published chart names where the release workflow pushes it (the
+    repository owner, lower-cased) and this chart's version."""
+    chart = yaml.safe_load((readme.parent / "Chart.yaml").read_text())
+    owner = chart["sources"][0].removeprefix("https://github.com/").split("/")[0].lower()
+    (argv,) = readme_commands(readme, published=True)
+    assert argv[4] == f"oci://ghcr.io/{owner}/charts/{chart['name']}"
+    assert argv[argv.index("--version") + 1] == chart["version"]
+
+
 @pytest.mark.helm
 @pytest.mark.parametrize("readme", README_CHARTS, ids=lambda p: p.parent.name)
 def test_readme_install_lines_render(helm_bin: str, readme: Path) -> None:

@@ -159,6 +159,10 @@ The program flags: what the chart sets for the mode, then the operator's `flags`
 {{- else }}
 {{- $_ := set $base "no-voting" true }}
 {{- end }}
+{{- /* agave 4.2 turns XDP on by default and will not start without its capabilities. */}}
+{{- if not .Values.xdp }}
+{{- $_ := set $base "no-xdp" true }}
+{{- end }}
 {{- else }}
 {{- /* solana-test-validator binds 127.0.0.1 by default since 2.3; --log streams to stdout. */}}
 {{- $_ := set $base "log" true }}
