@@ -224,10 +224,13 @@ def test_operator_flags_override_and_drop_the_charts(helm_bin: str) -> None:
     assert arg_value(args, "--rpc-bind-address") == "127.0.0.1"
 
 
-def test_test_mode_runs_the_test_validator_on_all_interfaces(helm_bin: str) -> None:
+def test_test_mode_binds_the_test_validator_to_the_pods_address(helm_bin: str) -> None:
+    """solana-test-validator 4 advertises the address it binds: the pod's IP, never 0.0.0.0."""
     container = node(render(helm_bin, DEFAULTS))
     assert container["command"] == ["solana-test-validator"]
-    assert arg_value(container["args"], "--bind-address") == "0.0.0.0"
+    assert arg_value(container["args"], "--bind-address") == "$(POD_IP)"
+    pod_ip = next(e for e in container["env"] if e["name"] == "POD_IP")
+    assert pod_ip["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
     assert arg_value(container["args"], "--rpc-port") == "8899"
     assert "--log" in container["args"]
 

@@ -164,7 +164,11 @@ The program flags: what the chart sets for the mode, then the operator's `flags`
 {{- $_ := set $base "no-xdp" true }}
 {{- end }}
 {{- else }}
-{{- /* solana-test-validator binds 127.0.0.1 by default since 2.3; --log streams to stdout. */}}
+{{- /* solana-test-validator binds 127.0.0.1 by default since 2.3, and since 4.0 it advertises
+the address it binds, which must then be a real one (0.0.0.0 makes it panic): the pod's IP,
+which Kubernetes puts in for $(POD_IP). Its RPC listens on every address all the same.
+--log streams to stdout. */}}
+{{- $_ := set $base "bind-address" "$(POD_IP)" }}
 {{- $_ := set $base "log" true }}
 {{- end }}
 {{- /* Set one by one: sprig's merge would let a default replace an operator's `false`. */}}
