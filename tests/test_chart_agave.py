@@ -348,11 +348,11 @@ def test_probes_read_the_rpc_body_instead_of_http_status(helm_bin: str, scenario
 def test_security_matches_the_mode(helm_bin: str, scenario: Scenario) -> None:
     docs = render(helm_bin, scenario)
     values = scenario.values()
-    # io_uring is blocked by the runtime's default profile: only agave-validator goes without it.
+    # io_uring is blocked by the runtime's default profile and agave 4 needs it in every mode:
+    # only the node container goes without it.
     assert pod_spec(docs)["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     context = node(docs)["securityContext"]
-    unconfined = mode(scenario) in REAL_NODE
-    assert context["seccompProfile"] == {"type": "Unconfined" if unconfined else "RuntimeDefault"}
+    assert context["seccompProfile"] == {"type": "Unconfined"}
     assert context["capabilities"]["drop"] == ["ALL"]
     added = set(context["capabilities"].get("add", []))
     expected = {"IPC_LOCK", "SYS_NICE"} if mode(scenario) in REAL_NODE else set()

@@ -1,5 +1,6 @@
 """The agave chart's security defaults: Pod Security `restricted` on every container (the
-documented rpc/validator extras aside), per-mode resources, and the metrics password only ever
+documented extras aside: the node's seccomp Unconfined for agave 4's io_uring in every mode, and
+root with capabilities in rpc/validator), per-mode resources, and the metrics password only ever
 in a Secret. Rendered with real Helm 4 and Helm 3; admission checked by a real kube-apiserver's
 built-in Pod Security admission (the stand-in API, or real kind)."""
 
@@ -51,6 +52,8 @@ RESTRICTED_VOLUMES = {
 RPC = ("mode=rpc", "identity.existingSecret=id")
 VALIDATOR = ("mode=validator", "identity.existingSecret=id", "vote.existingSecret=vote")
 METRICS = "host=https://metrics.example.org:8086,db=mainnet,u=writer,p=s3cr3t-Metr1cs-pw"
+# The node container's one gap from `restricted` by default: agave 4 needs io_uring.
+IO_URING = "agave: seccomp {'type': 'Unconfined'}"
 
 pytestmark = pytest.mark.helm
 
@@ -152,28 +155,37 @@ def test_every_container_states_a_restricted_context_or_a_documented_extra(
             assert context["privileged"] is True and context["runAsUser"] == 0
             continue
         gaps = restricted_gaps(container)
-        if container["name"] != "agave" or not gaps:
+        if container["name"] != "agave":
             assert gaps == [], f"{container['name']}: {gaps}"
             continue
-        # The node's documented extras: root (rpc/validator, or host folders, or a user
-        # given in podSecurityContext), the mode's capabilities, seccomp Unconfined for
-        # agave-validator. Everything else stays: ALL dropped first, no escalation.
+        # The node's documented extras: seccomp Unconfined in every mode (agave 4's io_uring),
+        # root (rpc/validator, or host folders, or a user given in podSecurityContext) with the
+        # mode's capabilities. Everything else stays: ALL dropped first, no escalation.
+        assert context["seccompProfile"] == {"type": "Unconfined"}
+        if gaps == [IO_URING.removeprefix("agave: ")]:
+            continue
         root_expected = mode(scenario) in REAL_NODE or uses_host_paths(scenario)
         assert root_expected, f"agave runs as root in {scenario.id}: {gaps}"
         assert context["runAsUser"] == 0 and context["runAsNonRoot"] is False
         assert context["allowPrivilegeEscalation"] is False
         assert context["capabilities"]["drop"] == ["ALL"]
         assert set(context["capabilities"].get("add", [])) <= DOCUMENTED_CAPS
-        expected_seccomp = "Unconfined" if mode(scenario) in REAL_NODE else "RuntimeDefault"
-        assert context["seccompProfile"] == {"type": expected_seccomp}
     assert checked >= 2  # the node and the helm test pod at least
 
 
 @pytest.mark.parametrize("scenario", RESTRICTED_SCENARIOS, ids=lambda s: s.id)
-def test_test_mode_pods_meet_restricted_wholly(helm_bin: str, scenario: Scenario) -> None:
+def test_test_mode_pods_meet_restricted_but_for_io_uring(helm_bin: str, scenario: Scenario) -> None:
+    """Only the node's seccomp stands between a test-mode pod and `restricted`; with
+    `seccompProfile: RuntimeDefault` (images before agave 4) the pod is wholly restricted."""
     docs = render(helm_bin, scenario)
-    for spec in pods(docs):
+    node_pod, *test_pods = pods(docs)
+    assert pod_restricted_gaps(node_pod) == [IO_URING]
+    for spec in test_pods:
         assert pod_restricted_gaps(spec) == []
+    assert (
+        pod_restricted_gaps(pod_spec(render(helm_bin, scenario, "seccompProfile=RuntimeDefault")))
+        == []
+    )
     context = pod_spec(docs)["securityContext"]
     # Volumes the kubelet can hand over: fsGroup makes emptyDir and claims the node's.
     assert (
@@ -192,7 +204,13 @@ def test_host_folders_run_the_test_node_as_root_unless_told_otherwise(helm_bin: 
     root; `never` keeps the uid for folders the operator owns by it."""
     scenario = CI["test-hostpath-values"]
     assert node(render(helm_bin, scenario))["securityContext"]["runAsUser"] == 0
-    kept = render(helm_bin, scenario, "nodeUser.root=never", "nodeUser.uid=2000")
+    kept = render(
+        helm_bin,
+        scenario,
+        "nodeUser.root=never",
+        "nodeUser.uid=2000",
+        "seccompProfile=RuntimeDefault",
+    )
     assert restricted_gaps(node(kept)) == []
     assert node(kept)["securityContext"]["runAsUser"] == 2000
     gaps = pod_restricted_gaps(pod_spec(kept))
@@ -382,9 +400,14 @@ def helm_test_pod(scenario: Scenario, namespace: str) -> Doc:
     ids=lambda s: s.id,
 )
 def test_restricted_namespace_admits_the_test_node_and_its_test_pod(
-    kube_api: KubeAPI, namespace: str, scenario: Scenario
+    kube_api: KubeAPI, namespace: str, scenario: Scenario, tmp_path: Path
 ) -> None:
+    """With the node's seccomp at RuntimeDefault (an image without agave 4's io_uring, as the
+    stand-in is), a test-mode release is admitted under `restricted`."""
     restricted_namespace(kube_api, namespace)
+    runtime_default = tmp_path / "seccomp-values.yaml"
+    runtime_default.write_text("seccompProfile: RuntimeDefault\n")
+    scenario = Scenario(CHART, (*scenario.files, runtime_default))
     done = install(helm4(), scenario, kube_api, namespace)
     try:
         assert done.returncode == 0, done.stderr
@@ -432,6 +455,7 @@ def test_the_test_node_serves_as_its_own_uid_in_a_restricted_namespace(
         "mode": "test",
         "image": {"repository": node_repo, "tag": node_tag},
         "tests": {"enabled": False},
+        "seccompProfile": "RuntimeDefault",  # the stand-in needs no io_uring
         "volumes": {"ledger": {"type": "emptyDir"}},
         "probes": {"startup": {"periodSeconds": 2}, "readiness": {"periodSeconds": 2}},
         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}},

@@ -292,12 +292,10 @@ every container that does not set its own.
 {{- $context | toJson }}
 {{- end }}
 
-{{/* Seccomp profile type of the node container: seccompProfile, or by mode (io_uring in agave-validator). */}}
+{{/* Seccomp profile type of the node container: seccompProfile, else Unconfined (agave 4 needs
+io_uring in every mode, and runtimes' default profiles block it). */}}
 {{- define "agave.nodeSeccomp" -}}
-{{- if .Values.seccompProfile }}{{ .Values.seccompProfile }}
-{{- else if include "agave.realNode" . }}Unconfined
-{{- else }}RuntimeDefault
-{{- end }}
+{{- .Values.seccompProfile | default "Unconfined" }}
 {{- end }}
 
 {{/*
