@@ -517,7 +517,7 @@ def test_the_real_solana_test_validator_serves_in_test_mode(node: e2e.Node, tmp_
         "tests": {"image": {"repository": busybox, "tag": busybox_tag}},
         **FAST_PROBES,
     }
-    with _agave_by_hand(node, "real", REAL_NAMESPACE, values, tmp_path, 420):
+    with _agave_by_hand(node, "real", REAL_NAMESPACE, values, tmp_path, 240):
         tested = node.helm("test", "real", "--namespace", REAL_NAMESPACE, "--timeout", "180s")
         assert tested.returncode == 0, tested.stdout + tested.stderr
         (pod,) = _workload_pods(node, REAL_NAMESPACE, "real")
