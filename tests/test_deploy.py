@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.harness import deployment as d
 from tests.harness import nodes
@@ -159,3 +160,78 @@ def test_status_and_down_say_there_is_no_cluster(
     assert down.code == 0, down.stderr
     assert f"cluster {cluster} does not exist: nothing to uninstall" in down.stderr
     assert cluster not in kind_cli.clusters()
+
+
+def _planned(deployment: Deployment) -> list[str]:
+    code, report, err = deployment.run("plan")
+    assert code == 0, err
+    return list(report["actions"])
+
+
+def _taken(report: dict[str, Any]) -> list[str]:
+    """The actions the deploy reports taking, in order (an up-to-date release is no action)."""
+    return [
+        line
+        for step in report["steps"]
+        for line in step["data"].get("actions", [])
+        if ": up-to-date " not in line
+    ]
+
+
+def test_plan_lists_exactly_the_actions_the_next_deploy_takes(
+    deployment: Deployment, kind_cli: KindCLI, tmp_path: Path
+) -> None:
+    """For each state, `plan` then `deploy`: one list of steps plans both, so the deploy's
+    reported actions are the plan's, line for line (what each was done to, and why)."""
+    node = f"{deployment.cluster}-control-plane"
+    spec_file = deployment.runner.spec
+    doc = yaml.safe_load(spec_file.read_text())
+
+    def changed_state(what: str) -> None:
+        if what == "values":  # a values edit: both releases' digests move
+            doc["releases"][0]["values"].setdefault("podAnnotations", {})["edit"] = "1"
+            spec_file.write_text(yaml.safe_dump(doc))
+        elif what == "image gone from the node":
+            nodes.docker("exec", node, "ctr", "-n", "k8s.io", "images", "rm",
+                         f"docker.io/{deployment.images.refs[0]}")  # fmt: skip
+        elif what == "secret deleted":
+            kind_cli.api(deployment.cluster).harness.delete(
+                f"/api/v1/namespaces/agave/secrets/{d.IDENTITY_SECRET}"
+            )
+        elif what == "releases uninstalled":
+            code, _, err = deployment.run("down")
+            assert code == 0, err
+
+    seen: dict[str, list[str]] = {}
+    with kind_cli.kubelets():
+        for state in (
+            "no cluster",
+            "converged",
+            "values",
+            "image gone from the node",
+            "secret deleted",
+            "releases uninstalled",
+        ):
+            changed_state(state)
+            planned = _planned(deployment)
+            code, report, err = deployment.run("deploy")
+            assert code == 0, f"{state}: {err}"
+            assert _taken(report) == planned, state
+            seen[state] = planned
+    verbs = {line.split(": ", 1)[1].split()[0] for lines in seen.values() for line in lines}
+    assert seen["converged"] == []
+    # The states reach every kind of change a plain deploy makes.
+    assert verbs >= {
+        "create-cluster",
+        "create-runtime-class",
+        "load-image",
+        "create-namespace",
+        "apply-secret",
+        "upgrade-release",
+    }, verbs
+    assert any("upgrade-release" in line and "upgrade from" in line for line in seen["values"])
+    gone = seen["image gone from the node"]
+    assert any(line.startswith(("images: load-image", "images: retag-image")) for line in gone), (
+        gone
+    )
+    assert any("apply-secret agave/" in line for line in seen["secret deleted"])

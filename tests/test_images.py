@@ -295,12 +295,18 @@ def test_plan_covers_every_image_and_node() -> None:
         "n2": _state({"docker.io/library/a:old": MANIFEST}, UNPACKED),
         "n3": _state({}, {}),
     }
-    plan = [(a.node, a.action, a.source) for a in images.plan_images([image], states)]
-    assert plan == [
-        ("n1", "present", ""),
-        ("n2", "retag", "docker.io/library/a:old"),
-        ("n3", "load", ""),
+    plan = images.plan_images([image], states)
+    assert [(a.node, a.verb, a.source) for a in plan] == [
+        ("n2", "retag-image", "docker.io/library/a:old"),
+        ("n3", "load-image", ""),
+    ]  # n1 holds it: nothing to do there
+    assert [a.action.line() for a in plan] == [
+        f"images: retag-image {image.ref} (on n2, from docker.io/library/a:old)",
+        f"images: load-image {image.ref} (on n3)",
     ]
+    assert images.outcomes([image], states, plan) == {
+        image.ref: {"n1": "up-to-date", "n2": "retag-image", "n3": "load-image"}
+    }
 
 
 @pytest.mark.unit
@@ -383,12 +389,12 @@ def test_load_then_present_sends_nothing(builder: Builder, cluster: str) -> None
     node = f"{cluster}-control-plane"
 
     first = _load(cluster, ref)[ref]
-    assert (first.status, first.nodes) == ("loaded", {node: "load"})
+    assert (first.status, first.nodes) == ("load-image", {node: "load-image"})
     assert 2 * MiB < first.bytes_sent < 2 * MiB + (200 << 10)
     assert images.containerd_name(ref) in nodes.ctr_images(node)
 
     again = _load(cluster, ref)[ref]
-    assert (again.status, again.bytes_sent, again.nodes) == ("skipped", 0, {node: "present"})
+    assert (again.status, again.bytes_sent, again.nodes) == ("up-to-date", 0, {node: "up-to-date"})
 
 
 @pytest.mark.docker
@@ -410,7 +416,7 @@ def test_loading_reaches_docker_only_through_laconic_helm_docker(
     monkeypatch.setenv("LACONIC_HELM_DOCKER", str(recorder))
     monkeypatch.setenv("PATH", f"{refusing}{os.pathsep}{os.environ['PATH']}")
 
-    assert _load(cluster, ref)[ref].status == "loaded"
+    assert _load(cluster, ref)[ref].status == "load-image"
     assert set(calls.read_text().split()) >= {"ps", "image", "exec", "save"}
 
 
@@ -422,7 +428,7 @@ def test_cli_reports_json_summary(builder: Builder, cluster: str) -> None:
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
     (entry,) = report["images"]
-    assert entry["image"] == ref and entry["status"] == "loaded"
+    assert entry["image"] == ref and entry["status"] == "load-image"
     assert entry["bytes_sent"] > 100 << 10 and entry["seconds"] > 0
     assert report["changed"] is True
 
@@ -437,10 +443,14 @@ def test_retag_when_the_id_is_there_under_another_name(builder: Builder, cluster
     _load(cluster, ref)
 
     result = _load(cluster, alias)[alias]
-    assert (result.status, result.bytes_sent, result.nodes) == ("retagged", 0, {node: "retag"})
+    assert (result.status, result.bytes_sent, result.nodes) == (
+        "retag-image",
+        0,
+        {node: "retag-image"},
+    )
     held = nodes.ctr_images(node)
     assert images.containerd_name(ref) in held and images.containerd_name(alias) in held
-    assert _load(cluster, alias)[alias].status == "skipped"
+    assert _load(cluster, alias)[alias].status == "up-to-date"
 
 
 @pytest.mark.docker
@@ -451,7 +461,7 @@ def test_shared_base_is_sent_once(builder: Builder, cluster: str) -> None:
 
     results = _load(cluster, one, two)
     total = sum(r.bytes_sent for r in results.values())
-    assert {r.status for r in results.values()} == {"loaded"}
+    assert {r.status for r in results.values()} == {"load-image"}
     assert 4 * MiB + (256 << 10) < total < 4 * MiB + (512 << 10)  # not 2 x 4 MiB
     held = nodes.ctr_images(f"{cluster}-control-plane")
     assert {images.containerd_name(one), images.containerd_name(two)} <= set(held)
@@ -466,7 +476,7 @@ def test_rebuilt_image_sends_only_its_new_layer(builder: Builder, cluster: str) 
     assert _diff_ids(new)[:2] == _diff_ids(old)[:2]
 
     result = _load(cluster, new)[new]
-    assert result.status == "loaded"
+    assert result.status == "load-image"
     assert 300 << 10 < result.bytes_sent < 1.1 * (300 << 10) + (16 << 10)
     assert images.containerd_name(new) in nodes.ctr_images(f"{cluster}-control-plane")
 
@@ -478,12 +488,12 @@ def test_all_nodes_get_the_image_and_only_a_lacking_node_is_loaded(builder: Buil
     try:
         cp, worker = nodes.create_cluster(name, nodes.node_specs(name, workers=1))
         first = _load(name, ref)[ref]
-        assert first.nodes == {cp: "load", worker: "load"}
+        assert first.nodes == {cp: "load-image", worker: "load-image"}
         image_id = nodes.docker("image", "inspect", "--format", "{{.Id}}", ref).strip()
         nodes.docker("exec", worker, "ctr", "-n", "k8s.io", "images", "rm",
                      images.containerd_name(ref), image_id)  # fmt: skip
         second = _load(name, ref)[ref]
-        assert second.nodes == {cp: "present", worker: "load"}
+        assert second.nodes == {cp: "up-to-date", worker: "load-image"}
         assert images.containerd_name(ref) in nodes.ctr_images(worker)
     finally:
         nodes.delete_cluster(name)
@@ -500,9 +510,9 @@ def test_an_image_imported_but_not_unpacked_is_not_present(builder: Builder, clu
     assert images.containerd_name(ref) in nodes.ctr_images(node)
 
     result = _load(cluster, ref)[ref]
-    assert result.status == "loaded"
+    assert result.status == "load-image"
     assert result.bytes_sent < 64 << 10  # every blob was there; only the manifest travelled
-    assert _load(cluster, ref)[ref].status == "skipped"
+    assert _load(cluster, ref)[ref].status == "up-to-date"
 
 
 @pytest.mark.docker
@@ -530,7 +540,7 @@ def test_killed_load_leaves_no_image_and_the_next_run_finishes_it(
     assert kept and set(kept) <= set(_diff_ids(ref))
 
     result = _load(cluster, ref)[ref]
-    assert result.status == "loaded"
+    assert result.status == "load-image"
     assert result.bytes_sent < (4 - len(kept)) * 48 * MiB + MiB  # kept layers did not travel
     assert images.containerd_name(ref) in nodes.ctr_images(node)
     assert not any(images.HOLD_MARK in row for row in _content(node).values())
@@ -595,9 +605,9 @@ def test_layers_whose_mapping_is_unproven_are_sent_whole(
         return await proc.spawn(["cat", str(archive)], stdout=stdout)
 
     result = _load(cluster, ref, archive=cat)[ref]
-    assert result.status == "loaded"
+    assert result.status == "load-image"
     assert result.bytes_sent > 3 * MiB  # unproven layers travel although the node has them
-    assert _load(cluster, ref)[ref].status == "skipped"
+    assert _load(cluster, ref)[ref].status == "up-to-date"
 
 
 def saved_config(saved: bytes, name: str) -> bytes:
@@ -668,13 +678,13 @@ def test_oci_layout_archives_with_compressed_multi_platform_images(
         return await proc.spawn(["cat", str(archives[ref])], stdout=stdout)
 
     first = _load(cluster, one, archive=cat)[one]
-    assert first.status == "loaded" and first.bytes_sent > 3 * MiB
+    assert first.status == "load-image" and first.bytes_sent > 3 * MiB
     second = _load(cluster, two, archive=cat)[two]
-    assert second.status == "loaded"
+    assert second.status == "load-image"
     assert second.bytes_sent < 220 << 10  # the shared gzip base blob stayed home
     held = nodes.ctr_images(f"{cluster}-control-plane")
     assert {images.containerd_name(one), images.containerd_name(two)} <= set(held)
-    assert _load(cluster, one, two, archive=cat)[two].status == "skipped"
+    assert _load(cluster, one, two, archive=cat)[two].status == "up-to-date"
 
 
 # --- bad input: one line, exit code 2, nothing moved ---------------------------------------

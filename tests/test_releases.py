@@ -338,7 +338,7 @@ def test_plan_objects_names_what_the_upgrade_creates_and_updates() -> None:
     new = kube.ObjectRef("apps/v1", "Deployment", "mini", "apps")
     existing = (_owned(SA, None, None, None), _owned(mine, "Helm", "mini", "apps"))
     state = _state(existing=existing, rendered=(SA, mine, new))
-    assert [a.line() for a in releases.plan_objects(_desired(), state)] == [
+    assert releases.plan_objects(_desired(), state) == [
         "release/mini: update-object ConfigMap apps/mine (the release's own)",
         "release/mini: create-object Deployment apps/mini (absent)",
     ]  # the ServiceAccount is plan_release's adopt-object

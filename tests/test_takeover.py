@@ -379,7 +379,8 @@ def test_first_deploy_takes_a_laconic_so_cluster_over(
             "Deployment caddy-system/caddy-ingress-controller",
             "IngressClass caddy",
         }
-        assert any(line.startswith(f"{agave}: create-object Deployment {ns}/") for line in planned)
+        objects = dry.report["objects"]  # what helm's upgrade will create: shown, not actions
+        assert any(line.startswith(f"{agave}: create-object Deployment {ns}/") for line in objects)
         assert (
             f"{agave}: retire-object Deployment {ns}/{old_agave} "
             f"(1 pod(s) stop with a {GRACE} s grace period)" in planned

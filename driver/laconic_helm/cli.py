@@ -169,13 +169,10 @@ def images_load(app: App, cluster: str, lock_wait: float, image: tuple[str, ...]
 
     It takes the cluster's deployment lock, so it never runs beside a deploy or another load
     (a load in progress protects its half-sent layers from containerd's garbage collector)."""
-    from laconic_helm import images as loader
-    from laconic_helm import lock
+    from laconic_helm import commands
 
     async def work() -> dict[str, Any]:
-        async with lock.deployment_lock(cluster, wait=lock_wait):
-            results = await loader.ensure_images(cluster, image, app.reporter)
-        return {"images": [r.as_dict() for r in results]}
+        return await commands.load_images(cluster, image, app.reporter, lock_wait=lock_wait)
 
     _run(app, work)
 
@@ -264,12 +261,12 @@ def deploy(
     dry_run: bool,
 ) -> None:
     """Brings cluster, images and releases to the spec, redoing nothing already done."""
-    from laconic_helm import deploy as sequence
+    from laconic_helm import commands
 
-    opts = sequence.Options(
+    opts = commands.Options(
         deadline, lock_wait, recreate_cluster, adopt_cluster, strict_host, restart_window
     )
-    run = sequence.plan if dry_run else sequence.deploy
+    run = commands.plan if dry_run else commands.deploy
 
     async def work() -> dict[str, Any]:
         return await run(_load(spec_file), app.reporter, opts)
@@ -293,9 +290,9 @@ def plan(
     restart_window: bool,
 ) -> None:
     """Shows what `deploy` would do against the live state; writes nothing."""
-    from laconic_helm import deploy as sequence
+    from laconic_helm import commands
 
-    opts = sequence.Options(
+    opts = commands.Options(
         recreate_cluster=recreate_cluster,
         adopt_cluster=adopt_cluster,
         strict_host=strict_host,
@@ -303,7 +300,7 @@ def plan(
     )
 
     async def work() -> dict[str, Any]:
-        return await sequence.plan(_load(spec_file), app.reporter, opts)
+        return await commands.plan(_load(spec_file), app.reporter, opts)
 
     _run(app, work)
 
@@ -322,15 +319,15 @@ def plan(
 @click.pass_obj
 def status(app: App, spec_file: Path | None, watch: bool, interval: float) -> None:
     """Reports the cluster, nodes, images, each release and the node's own health as they are."""
-    from laconic_helm import deploy as sequence
+    from laconic_helm import commands
 
     async def work() -> dict[str, Any]:
         if watch and app.reporter.mode == "json":
             raise UserError("--watch: not with --output json (the report is one JSON object)")
         spec = _load(spec_file)
         if watch:
-            return await sequence.watch_status(spec, app.reporter, interval)
-        return await sequence.status(spec, app.reporter)
+            return await commands.watch_status(spec, app.reporter, interval)
+        return await commands.status(spec, app.reporter)
 
     _run(app, work)
 
@@ -347,10 +344,10 @@ def status(app: App, spec_file: Path | None, watch: bool, interval: float) -> No
 @click.pass_obj
 def down(app: App, spec_file: Path | None, delete_cluster: bool, lock_wait: float) -> None:
     """Uninstalls the releases, keeping data volumes; the cluster stays unless asked."""
-    from laconic_helm import deploy as sequence
+    from laconic_helm import commands
 
     async def work() -> dict[str, Any]:
-        return await sequence.down(
+        return await commands.down(
             _load(spec_file), app.reporter, delete_cluster=delete_cluster, lock_wait=lock_wait
         )
 

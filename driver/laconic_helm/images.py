@@ -39,6 +39,7 @@ from laconic_helm.archive import (
 )
 from laconic_helm.errors import CommandError, ImageLoadError, UserError
 from laconic_helm.output import human_bytes
+from laconic_helm.plan import Action
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -65,8 +66,9 @@ _IMAGE_ROW = re.compile(r"^(\S+)\s+\S+\s+(sha256:[0-9a-f]{64})\s")
 _CONTENT_ROW = re.compile(r"^(sha256:[0-9a-f]{64})\s")
 _GC_LABEL = re.compile(r"(containerd\.io/gc\.[\w./-]+)=([^,\s]+)")
 
-Action = Literal["present", "retag", "load"]
-Status = Literal["skipped", "retagged", "loaded"]
+STEP = "images"
+Verb = Literal["retag-image", "load-image"]  # the shared vocabulary's image verbs (plan.VERBS)
+Outcome = Literal["up-to-date", "retag-image", "load-image"]  # what happened to an image
 # Starts the process that writes the archive of the given references to the given fd.
 ArchiveSource: TypeAlias = "Callable[[Sequence[str], int], Awaitable[asyncio.subprocess.Process]]"
 
@@ -177,10 +179,17 @@ class NodeState:
 
 @dataclass(frozen=True)
 class NodeAction:
+    """One image to put on one node; `action` is its entry in the shared vocabulary."""
+
     image: LocalImage
     node: str
-    action: Action
+    verb: Verb
     source: str = ""  # the name to re-tag from
+
+    @property
+    def action(self) -> Action:
+        detail = f"on {self.node}" + (f", from {self.source}" if self.source else "")
+        return Action(STEP, self.verb, self.image.ref, detail)
 
 
 @dataclass
@@ -189,8 +198,8 @@ class ImageResult:
 
     image: str
     id: str
-    status: Status
-    nodes: dict[str, Action]
+    status: Outcome
+    nodes: dict[str, Outcome]
     bytes_sent: int
     seconds: float
 
@@ -198,10 +207,10 @@ class ImageResult:
         return asdict(self)
 
     def line(self) -> str:
-        if self.status == "skipped":
+        if self.status == "up-to-date":
             return f"  {self.image}: present on {_count(self.nodes, 'node')}"
-        verb = {"retagged": "re-tagged on", "loaded": "loaded into"}[self.status]
-        touched = [n for n, a in self.nodes.items() if a != "present"]
+        verb = {"retag-image": "re-tagged on", "load-image": "loaded into"}[self.status]
+        touched = [n for n, a in self.nodes.items() if a != "up-to-date"]
         return (
             f"  {self.image}: {verb} {', '.join(touched)}"
             f" ({human_bytes(self.bytes_sent)} sent, {self.seconds:.1f} s)"
@@ -252,11 +261,16 @@ async def check_cluster(cluster: str) -> list[str]:
     return sorted(name for name, _ in nodes)
 
 
-async def check_images(refs: Sequence[str]) -> list[LocalImage]:
-    """Returns the local images named by `refs`, in order; raises UserError for any missing."""
+def check_refs(refs: Sequence[str]) -> None:
+    """Raises UserError for a reference a node cannot run by (an image ID)."""
     for ref in refs:
         if _ID_REF.match(ref):
             raise UserError(f"image {ref}: give its repository:tag, not its ID (a node runs names)")
+
+
+async def check_images(refs: Sequence[str]) -> list[LocalImage]:
+    """Returns the local images named by `refs`, in order; raises UserError for any missing."""
+    check_refs(refs)
     done = await docker.run("image", "inspect", *refs, check=False)
     if done.returncode != 0:
         errors = done.stderr.decode(errors="replace")
@@ -315,6 +329,13 @@ async def get_snapshotter(node: str) -> str:
     return _snapshotter(done.text) if done.returncode == 0 else DEFAULT_SNAPSHOTTER
 
 
+async def observe_nodes(cluster: str) -> dict[str, NodeState]:
+    """Reads what each node of `cluster` holds; raises UserError for a missing cluster or node."""
+    nodes = await check_cluster(cluster)
+    states = await asyncio.gather(*map(get_node_state, nodes))
+    return dict(zip(nodes, states, strict=True))
+
+
 async def check_inputs(
     cluster: str, refs: Sequence[str]
 ) -> tuple[list[LocalImage], dict[str, NodeState]]:
@@ -322,36 +343,35 @@ async def check_inputs(
 
     Raises the first UserError in a fixed order: the cluster, then the images, then the nodes.
     """
-
-    async def observe() -> tuple[list[str], list[NodeState | BaseException]]:
-        nodes = await check_cluster(cluster)
-        return nodes, await asyncio.gather(*map(get_node_state, nodes), return_exceptions=True)
-
     observed, images = await asyncio.gather(
-        observe(), check_images(list(dict.fromkeys(refs))), return_exceptions=True
+        observe_nodes(cluster), check_images(list(dict.fromkeys(refs))), return_exceptions=True
     )
     for outcome in (observed, images):
         if isinstance(outcome, BaseException):
             raise outcome
-    nodes, states = observed  # type: ignore[misc]
-    for state in states:
-        if isinstance(state, BaseException):
-            raise state
-    return images, dict(zip(nodes, states, strict=True))  # type: ignore[arg-type,return-value]
+    return images, observed  # type: ignore[return-value]
 
 
 def plan_images(images: Sequence[LocalImage], states: Mapping[str, NodeState]) -> list[NodeAction]:
-    """Decides, for each image and node, whether it is present, needs a re-tag or a load."""
+    """Decides, for each image and node, whether it needs a re-tag or a load (present: nothing)."""
     actions = []
     for image in images:
         for node, state in sorted(states.items()):
             if state.holds(image):
-                actions.append(NodeAction(image, node, "present"))
-            elif source := state.retag_source(image):
-                actions.append(NodeAction(image, node, "retag", source))
+                continue
+            if source := state.retag_source(image):
+                actions.append(NodeAction(image, node, "retag-image", source))
             else:
-                actions.append(NodeAction(image, node, "load"))
+                actions.append(NodeAction(image, node, "load-image"))
     return actions
+
+
+def outcomes(
+    images: Sequence[LocalImage], states: Mapping[str, NodeState], actions: Sequence[NodeAction]
+) -> dict[str, dict[str, Outcome]]:
+    """Per image and node: `up-to-date`, or the verb that puts it there (status and results)."""
+    verbs = {(a.image.ref, a.node): a.verb for a in actions}
+    return {i.ref: {n: verbs.get((i.ref, n), "up-to-date") for n in sorted(states)} for i in images}
 
 
 async def ensure_images(
@@ -367,20 +387,44 @@ async def ensure_images(
     A re-run costs only what is missing: two docker calls and three reads per node when all is
     there. `archive` starts the process that writes the image archive (default: `docker save`).
     """
-    start = time.monotonic()
     images, states = await check_inputs(cluster, refs)
-    actions = plan_images(images, states)
-    with reporter.step(f"images into {cluster}") as record:
-        sent, finished = await _apply(actions, states, reporter, archive or docker_save)
-        await _verify(actions, states)
-        results = _results(images, actions, sent, finished, start)
-        counts = {s: sum(r.status == s for r in results) for s in ("loaded", "retagged", "skipped")}
-        detail = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
-        changed = any(a.action != "present" for a in actions)
-        record.done("changed" if changed else "ok", detail, images=[r.as_dict() for r in results])
-    for result in results:
-        reporter.line(result.line())
+    return await apply_images(images, states, plan_images(images, states), reporter, archive)
+
+
+async def apply_images(
+    images: Sequence[LocalImage],
+    states: Mapping[str, NodeState],
+    actions: Sequence[NodeAction],
+    reporter: Reporter,
+    archive: ArchiveSource | None = None,
+) -> list[ImageResult]:
+    """Carries out planned re-tags and loads, then reads the nodes acted on again."""
+    start = time.monotonic()
+    sent, finished = await _apply(actions, states, reporter, archive or docker_save)
+    await _verify(images, actions, states)
+    done = outcomes(images, states, actions)
+    results = []
+    for image in images:
+        nodes = done[image.ref]
+        acted = set(nodes.values())
+        status: Outcome = next(
+            (v for v in ("load-image", "retag-image") if v in acted), "up-to-date"
+        )
+        seconds = finished.get(image.ref, time.monotonic()) - start
+        results.append(
+            ImageResult(
+                image.ref, image.id, status, nodes, sent.get(image.ref, 0), round(seconds, 3)
+            )
+        )
     return results
+
+
+def summary(results: Sequence[ImageResult]) -> str:
+    """How many images each outcome had, e.g. `1 load-image, 2 up-to-date`."""
+    counts: dict[str, int] = {}
+    for result in results:
+        counts[result.status] = counts.get(result.status, 0) + 1
+    return ", ".join(f"{n} {status}" for status, n in counts.items())
 
 
 async def _apply(
@@ -392,29 +436,32 @@ async def _apply(
     """Re-tags, then loads; returns bytes sent and the time each image was done, per ref."""
     finished: dict[str, float] = {}
     for action in actions:
-        if action.action == "retag":
+        if action.verb == "retag-image":
             await _ctr(action.node, "images", "tag", "--force", action.source, action.image.name)
             finished[action.image.ref] = time.monotonic()
-    loads = [a for a in actions if a.action == "load"]
+    loads = [a for a in actions if a.verb == "load-image"]
     sent = await _load(loads, states, reporter, archive) if loads else {}
     finished.update({a.image.ref: time.monotonic() for a in loads})
     return sent, finished
 
 
-async def _verify(actions: Sequence[NodeAction], states: Mapping[str, NodeState]) -> None:
+async def _verify(
+    images: Sequence[LocalImage], actions: Sequence[NodeAction], states: Mapping[str, NodeState]
+) -> None:
     """Reads the nodes acted on again: every image must now be complete there.
 
     Then clears this loader's GC-root marks on every node (the images own those blobs now; a
     mark left by an interrupted load of other images goes too, and its blobs may be collected).
     """
-    touched = sorted({a.node for a in actions if a.action != "present"})
+    touched = sorted({a.node for a in actions})
     reread = [get_node_state(n) for n in touched]
     after = {**states, **{s.node: s for s in await asyncio.gather(*reread)}}
-    for action in actions:
-        if not after[action.node].holds(action.image):
-            raise ImageLoadError(
-                f"image {action.image.ref} is not complete on node {action.node} after its load"
-            )
+    for node in touched:
+        for image in images:
+            if not after[node].holds(image):
+                raise ImageLoadError(
+                    f"image {image.ref} is not complete on node {node} after its load"
+                )
     await asyncio.gather(
         *(
             _ctr(state.node, "content", "label", digest, f"{GC_ROOT}=", check=False)
@@ -422,29 +469,6 @@ async def _verify(actions: Sequence[NodeAction], states: Mapping[str, NodeState]
             for digest in state.marked()
         )
     )
-
-
-def _results(
-    images: Sequence[LocalImage],
-    actions: Sequence[NodeAction],
-    sent: Mapping[str, int],
-    finished: Mapping[str, float],
-    start: float,
-) -> list[ImageResult]:
-    results = []
-    for image in images:
-        mine = {a.node: a.action for a in actions if a.image.ref == image.ref}
-        acted = set(mine.values())
-        status: Status = (
-            "loaded" if "load" in acted else "retagged" if "retag" in acted else "skipped"
-        )
-        seconds = finished.get(image.ref, time.monotonic()) - start
-        results.append(
-            ImageResult(
-                image.ref, image.id, status, mine, sent.get(image.ref, 0), round(seconds, 3)
-            )
-        )
-    return results
 
 
 async def docker_save(refs: Sequence[str], stdout: int) -> asyncio.subprocess.Process:

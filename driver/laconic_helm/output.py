@@ -11,7 +11,10 @@ from dataclasses import asdict, dataclass, field
 from typing import IO, TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Mapping, Sequence
+
+    from laconic_helm.cluster import ClusterState
+    from laconic_helm.plan import Action
 
 OutputMode = Literal["human", "json"]
 StepStatus = Literal["ok", "changed", "skipped", "warning", "failed"]
@@ -171,3 +174,50 @@ class Reporter:
             sys.stdout.flush()
         elif error:
             self.line(f"error: {error}")
+
+
+# -- what `plan` and `status` show ------------------------------------------------------------
+
+
+def plan_lines(
+    actions: Sequence[Action], effects: Sequence[str], reporter: Reporter
+) -> list[Action]:
+    """Shows the planned actions (an up-to-date release is not news), then what the upgrades
+    will do to each object; returns the actions shown, as the JSON report lists them."""
+    shown = [a for a in actions if a.verb != "up-to-date"]
+    for action in shown:
+        reporter.line(action.line())
+    if not shown:
+        reporter.line("nothing to do: the deployment matches the spec")
+    for effect in effects:
+        reporter.line(f"  {effect}")
+    return shown
+
+
+def cluster_line(state: ClusterState, *, kind: bool) -> str:
+    if kind and not state.exists:
+        return f"✗ cluster {state.name}: does not exist (`laconic-helm deploy` creates it)"
+    problems = f"; {'; '.join(state.problems)}" if state.problems else ""
+    return (
+        f"{'✗' if state.problems else '✓'} cluster {state.name}: {len(state.nodes)} nodes, "
+        f"API {'ready' if state.api_ready else 'not answering'}{problems}"
+    )
+
+
+def image_lines(found: Mapping[str, Mapping[str, str]]) -> list[str]:
+    """One line per image and node: present (`up-to-date`), or what a deploy would do."""
+    return [
+        f"{'✓' if how == 'up-to-date' else '✗'} image {ref} on {node}: {how}"
+        for ref, nodes in found.items()
+        for node, how in nodes.items()
+    ]
+
+
+def release_line(name: str, summary: Mapping[str, Any]) -> str:
+    workloads = summary["workloads"]
+    ready = sum(workloads.values())
+    return (
+        f"{'✓' if summary['status'] == 'deployed' else '✗'} release {name}: "
+        f"{summary['status']} rev {summary['revision']}, "
+        f"{ready}/{len(workloads)} workloads ready"
+    )

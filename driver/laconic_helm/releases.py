@@ -173,6 +173,11 @@ class DesiredRelease:
     wait: bool = True
     timeout: int = 300
     restart_window: restarts.WindowPolicy | None = None  # what a restart of its node waits for
+    # Renders made in this run, by (helm major, is_upgrade): preflight's check and the
+    # observation before the upgrade need the same one, and a render costs helm seconds.
+    renders: dict[tuple[int, bool], list[Any]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @property
     def target(self) -> str:
@@ -330,6 +335,13 @@ async def _read_revisions(k: kube.Kube, name: str, namespace: str) -> tuple[Revi
 
 
 async def _render(helm: Helm, desired: DesiredRelease, upgrade: bool) -> list[Any]:
+    key = (helm.major, upgrade)
+    if key not in desired.renders:
+        desired.renders[key] = await _render_now(helm, desired, upgrade)
+    return desired.renders[key]
+
+
+async def _render_now(helm: Helm, desired: DesiredRelease, upgrade: bool) -> list[Any]:
     chart = await _chart(helm, desired)
     try:
         docs = await helm.client.template_resources(
@@ -461,6 +473,19 @@ async def observe_release(
     )
 
 
+async def observe_absent(helm: Helm, desired: DesiredRelease) -> ReleaseState:
+    """The state of `desired` in a cluster that is still to be made (for `plan`): nothing
+    stored, nothing live; the render says whether the chart brings its own namespace."""
+    objects = await _render(helm, desired, upgrade=False)
+    return ReleaseState(
+        desired.name,
+        desired.namespace,
+        namespace_exists=False,
+        secrets={s.name: "absent" for s in desired.secrets},
+        rendered=tuple(_refs(objects)),
+    )
+
+
 # -- planning (pure) --------------------------------------------------------------------------
 
 
@@ -543,19 +568,21 @@ def plan_release(
     return [*recovery, *prepare, *waits, upgrade]
 
 
-def plan_objects(desired: DesiredRelease, state: ReleaseState) -> list[Action]:
-    """What the due upgrade does to each rendered object, for `plan` to list: `create-object`
-    for the absent ones, `update-object` for those the release owns already (taking over the
-    others is `adopt-object`, from `plan_release`). Pure; empty when no upgrade is due."""
+def plan_objects(desired: DesiredRelease, state: ReleaseState) -> list[str]:
+    """What the due upgrade does to each rendered object, as lines for `plan` to show under
+    it: `create-object` for the absent ones, `update-object` for those the release owns
+    already (taking over the others is `adopt-object`, an action of `plan_release`). These are
+    helm's doing within `upgrade-release`, not actions of their own. Pure; empty when no
+    upgrade is due."""
     existing = {o.ref.key: o for o in state.existing}
-    actions = []
+    lines = []
     for ref in state.rendered:
         found = existing.get(ref.key)
         if found is None:
-            actions.append(Action(desired.step, "create-object", str(ref), "absent"))
+            lines.append(f"{desired.step}: create-object {ref} (absent)")
         elif found.owner.is_release(desired.name, desired.namespace):
-            actions.append(Action(desired.step, "update-object", str(ref), "the release's own"))
-    return actions
+            lines.append(f"{desired.step}: update-object {ref} (the release's own)")
+    return lines
 
 
 # -- acting -----------------------------------------------------------------------------------
@@ -572,7 +599,7 @@ class ReleaseOutcome:
 
     @property
     def changed(self) -> bool:
-        return any(a.verb != "up-to-date" for a in self.actions)
+        return any(a.changes for a in self.actions)
 
 
 async def _within(

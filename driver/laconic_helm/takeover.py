@@ -226,22 +226,25 @@ async def _retire_deployment(k: kube.Kube, leftover: Leftover, retire: Retire) -
 
 async def ensure_retired(k: kube.Kube, release: Release) -> list[Action]:
     """Removes what is left of the release's `retire` section; returns what it removed
-    (`retire-object`) and what it left alone as not the installer's (`keep-object`).
+    (`retire-object`) and what it left alone as not the installer's (`keep-object`)."""
+    return await apply_retired(k, release, plan_retire(release, await observe_retire(k, release)))
 
-    Call it once the release is deployed: it looks everything up again (the upgrade may have
-    taken minutes) and removes a workload only when the release has one of its own.
+
+async def apply_retired(k: kube.Kube, release: Release, planned: Sequence[Action]) -> list[Action]:
+    """Carries out planned removals; returns the planned actions that were carried out.
+
+    Call it once the release is deployed: it looks every planned object up again (the upgrade
+    may have taken minutes) and removes a workload only when the release has one of its own.
     """
     retire = release.retire
-    if retire is None:
+    if retire is None or not planned:
         return []
-    done = []
+    removals = {a.target for a in planned if a.verb == "retire-object"}
+    done = [a for a in planned if a.verb == "keep-object"]
     for leftover in await observe_retire(k, release):
         action = _action(release, leftover)
-        if action is None:
-            continue
-        if action.verb == "keep-object":
-            done.append(action)
-            continue
+        if action is None or action.verb != "retire-object" or action.target not in removals:
+            continue  # gone since planning, or not planned: the next run plans it
         if leftover.ref.kind == "Deployment":
             await _check_replacement(k, release, leftover)
             await _retire_deployment(k, leftover, retire)
@@ -249,7 +252,7 @@ async def ensure_retired(k: kube.Kube, release: Release) -> list[Action]:
             assert leftover.uid is not None
             if not await k.delete_object(leftover.ref, uid=leftover.uid):
                 continue  # gone since it was looked up
-        done.append(action)
+        done.append(next(a for a in planned if a.target == action.target))
     return done
 
 

@@ -1,0 +1,406 @@
+"""The deploy as one list of steps, each with observe, plan and apply.
+
+Preflight checks everything first and touches nothing; then come the steps: the cluster, the
+images (kind only), each release in order, each release's RPC check. A step's `observe` only
+reads, its `plan` is pure and returns the shared `Action`s (plan.VERBS), its `apply` carries
+them out, re-checking as it goes. `plan` is observe + plan over the list, `deploy` adds apply,
+and `status` shows the observations, so none of them keeps its own copy of the sequence.
+
+When `plan` finds the cluster still to be made (or rebuilt), the steps after it observe the
+empty cluster `deploy` will find there: the plan then lists what that deploy will do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from laconic_helm import cluster, images, preflight, releases, takeover, verify
+from laconic_helm.errors import EXIT_BAD_INPUT, LaconicHelmError
+from laconic_helm.helm import connect as connect_helm
+from laconic_helm.kube import Kube
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Coroutine, Sequence
+
+    from laconic_helm.cluster import ClusterState
+    from laconic_helm.helm import Helm
+    from laconic_helm.output import Reporter, StepStatus
+    from laconic_helm.plan import Action
+    from laconic_helm.spec import Cluster, Release, Spec
+
+T = TypeVar("T")
+Seen = TypeVar("Seen")
+
+# kind names the node of a one-node cluster so; `plan` for a cluster still to be made uses it.
+_CONTROL_PLANE = "{name}-control-plane"
+# A cluster action after which the steps that follow find a new, empty cluster.
+_REBUILDS = frozenset({"create-cluster"})
+
+
+@dataclass(frozen=True)
+class Options:
+    """How a deploy may act, beyond what the spec says."""
+
+    deadline: float | None = None  # seconds the whole run may take
+    lock_wait: float = 60.0  # seconds to wait for another run of the same deployment
+    recreate_cluster: bool = False  # rebuild a cluster whose ports/mounts differ (ours only)
+    adopt_cluster: bool = False  # treat a same-named cluster this tool did not create as ours
+    strict_host: bool = False  # a host short of what agave needs refuses the run (exit 2)
+    restart_window: bool = True  # an upgrade restarting a serving rpc/validator node waits
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Everything preflight learned; the steps act on it without asking again."""
+
+    desired: tuple[releases.DesiredRelease, ...]
+    cluster_state: ClusterState
+    helm: Helm  # bound to the cluster's access already: one `helm version` per run
+    images: tuple[images.LocalImage, ...]  # the spec's local images, inspected once
+
+
+@dataclass
+class World:
+    """What the steps of one run share."""
+
+    spec: Spec
+    opts: Options
+    prepared: Prepared
+    reporter: Reporter
+    deadline: float | None = None  # time.monotonic() by which the run stops
+    kube: Kube | None = None  # None while the cluster cannot be reached (or is to be made)
+    made_namespaces: set[str] = field(default_factory=set)  # plan: an earlier step makes them
+
+    @property
+    def helm(self) -> Helm:
+        return self.prepared.helm
+
+
+@dataclass(frozen=True)
+class Done:
+    """How a step's apply went: its line's status and detail, and the JSON report's data."""
+
+    status: StepStatus
+    detail: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def carried_out(actions: Sequence[Action], **data: Any) -> Done:
+    """The Done of a step whose actions were all carried out."""
+    lines = [a.line() for a in actions]
+    changed = any(a.changes for a in actions)
+    return Done("changed" if changed else "ok", "; ".join(lines), {"actions": lines, **data})
+
+
+class Step(ABC, Generic[Seen]):
+    """One step of the deploy: observe (reads), plan (pure), apply (acts on the plan)."""
+
+    name: str
+
+    @abstractmethod
+    async def observe(self, world: World) -> Seen: ...
+
+    @abstractmethod
+    def plan(self, world: World, seen: Seen) -> list[Action]: ...
+
+    @abstractmethod
+    async def apply(self, world: World, seen: Seen, actions: Sequence[Action]) -> Done: ...
+
+    def foresee(self, world: World, actions: Sequence[Action]) -> None:
+        """For `plan`, which applies nothing: what the steps after this one may assume once
+        `actions` are done."""
+
+
+# -- the cluster ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClusterSeen:
+    state: ClusterState
+    runtime_class: dict[str, Any] | None  # the live high-memlock RuntimeClass, if reachable
+
+
+class ClusterStep(Step[ClusterSeen]):
+    """The kind cluster (or an existing one's health) and the cluster-wide objects."""
+
+    def __init__(self, spec: Spec) -> None:
+        self.cluster = spec.cluster
+        self.name = f"cluster {spec.cluster.name}"
+
+    async def observe(self, world: World) -> ClusterSeen:
+        state = world.prepared.cluster_state  # preflight's: the first step comes right after
+        live = None
+        if state.problems or not (state.exists or self.cluster.provider == "existing"):
+            world.kube = None
+        else:
+            world.kube = await _connect(self.cluster, state)
+            if self.cluster.high_memlock:
+                live = await cluster.observe_runtime_class(world.kube)
+        return ClusterSeen(state, live)
+
+    def plan(self, world: World, seen: ClusterSeen) -> list[Action]:
+        opts = world.opts
+        actions = cluster.plan_cluster(
+            self.cluster, seen.state, recreate=opts.recreate_cluster, adopt=opts.adopt_cluster
+        )
+        fresh = world.kube is None or any(a.verb in _REBUILDS for a in actions)
+        live = None if fresh else seen.runtime_class
+        return [*actions, *cluster.plan_runtime_class(self.cluster, live)]
+
+    async def apply(self, world: World, seen: ClusterSeen, actions: Sequence[Action]) -> Done:
+        state = seen.state
+        made = [a for a in actions if a.verb != "create-runtime-class"]
+        if made:
+            await cluster.apply_cluster(self.cluster, state, made)
+            state = await cluster.observe_cluster(self.cluster)
+        cluster.check_converged(self.cluster, state)
+        world.kube = await _connect(self.cluster, state)
+        if self.cluster.provider == "kind":
+            await cluster.ensure_records(state, cluster.access_of(self.cluster))
+        if len(made) < len(actions):
+            await cluster.ensure_runtime_class(self.cluster, world.kube)
+        return carried_out(actions)
+
+    def foresee(self, world: World, actions: Sequence[Action]) -> None:
+        if any(a.verb in _REBUILDS for a in actions):
+            world.kube = None
+
+
+async def _connect(where: Cluster, state: ClusterState) -> Kube:
+    access = await cluster.ensure_kubeconfig(where, state)
+    return Kube.connect(access.kubeconfig, access.context)
+
+
+# -- images -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImagesSeen:
+    nodes: dict[str, images.NodeState]
+
+
+class ImagesStep(Step[ImagesSeen]):
+    """The spec's local images in every node of a kind cluster."""
+
+    def __init__(self, spec: Spec) -> None:
+        self.cluster = spec.cluster.name
+        self.name = f"images into {self.cluster}"
+
+    async def observe(self, world: World) -> ImagesSeen:
+        if world.kube is None:  # a cluster still to be made: its one node will hold nothing
+            node = _CONTROL_PLANE.format(name=self.cluster)
+            return ImagesSeen({node: images.NodeState(node, {}, {})})
+        return ImagesSeen(await images.observe_nodes(self.cluster))
+
+    def plan(self, world: World, seen: ImagesSeen) -> list[Action]:
+        return [a.action for a in self.plan_nodes(world, seen)]
+
+    def plan_nodes(self, world: World, seen: ImagesSeen) -> list[images.NodeAction]:
+        """The plan with what the loader needs for each action (image, node, re-tag source)."""
+        return images.plan_images(world.prepared.images, seen.nodes)
+
+    async def apply(self, world: World, seen: ImagesSeen, actions: Sequence[Action]) -> Done:
+        planned = [a for a in self.plan_nodes(world, seen) if a.action in actions]
+        results = await images.apply_images(
+            world.prepared.images, seen.nodes, planned, world.reporter
+        )
+        for result in results:
+            world.reporter.line(result.line())
+        done = carried_out(actions, images=[r.as_dict() for r in results])
+        summary = images.summary(results)
+        return dataclasses.replace(done, detail="; ".join(filter(None, [done.detail, summary])))
+
+
+# -- releases ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReleaseSeen:
+    state: releases.ReleaseState
+    leftovers: tuple[takeover.Leftover, ...]  # what is left of its `retire` section
+
+
+class ReleaseStep(Step[ReleaseSeen]):
+    """One Helm release, then the removal of what it replaces (its `retire` section)."""
+
+    def __init__(self, release: Release, desired: releases.DesiredRelease) -> None:
+        self.release = release
+        self.desired = desired
+        self.name = f"release {desired.name}"
+
+    async def observe(self, world: World) -> ReleaseSeen:
+        if world.kube is None:
+            state = await releases.observe_absent(world.helm, self.desired)
+            leftovers: list[takeover.Leftover] = []
+        else:
+            state = await releases.observe_release(world.kube, world.helm, self.desired)
+            leftovers = await takeover.observe_retire(world.kube, self.release)
+        if self.desired.namespace in world.made_namespaces:
+            state = dataclasses.replace(state, namespace_exists=True)
+        return ReleaseSeen(state, tuple(leftovers))
+
+    def plan(self, world: World, seen: ReleaseSeen) -> list[Action]:
+        restart_window = world.opts.restart_window
+        return [
+            *releases.plan_release(self.desired, seen.state, restart_window=restart_window),
+            *takeover.plan_retire(self.release, seen.leftovers),
+        ]
+
+    def effects(self, seen: ReleaseSeen) -> list[str]:
+        """What the upgrade will do to each object, for `plan` to show (helm's doing)."""
+        return releases.plan_objects(self.desired, seen.state)
+
+    async def apply(self, world: World, seen: ReleaseSeen, actions: Sequence[Action]) -> Done:
+        """While an old workload is still there the upgrade does not wait for readiness: the
+        new pods may need what the old ones hold (host ports, the ledger), and those go only
+        once the release is deployed. The wait the release asks for comes after the removal.
+        """
+        assert world.kube is not None  # the cluster step connected it
+        desired = self.desired
+        held = desired.wait and takeover.replaces_workload(seen.leftovers)
+        run = dataclasses.replace(desired, wait=False) if held else desired
+        retiring = [a for a in actions if a.verb in ("retire-object", "keep-object")]
+        upgrade = [a for a in actions if a not in retiring]
+        outcome = await releases.apply_release(
+            world.kube,
+            world.helm,
+            run,
+            seen.state,
+            upgrade,
+            deadline=world.deadline,
+            progress=world.reporter.line,
+        )
+        retired = await takeover.apply_retired(world.kube, self.release, retiring)
+        if held:
+            await takeover.wait_ready(
+                world.kube, desired.name, desired.namespace, timeout=desired.timeout
+            )
+        waited = {} if outcome.restart_wait is None else {"restart_wait": outcome.restart_wait}
+        return carried_out(
+            [*outcome.actions, *retired],
+            revision=outcome.revision,
+            digest=outcome.digest,
+            **waited,
+        )
+
+    def foresee(self, world: World, actions: Sequence[Action]) -> None:
+        world.made_namespaces.update(a.target for a in actions if a.verb == "create-namespace")
+
+
+# -- the node's RPC, through the ingress ------------------------------------------------------
+
+
+class VerifyStep(Step[None]):
+    """A JSON-RPC call through the ingress, as a user makes it: reported, never fatal."""
+
+    def __init__(self, release: Release) -> None:
+        assert release.verify is not None
+        self.check = release.verify
+        self.name = f"verify {release.name}"
+
+    async def observe(self, world: World) -> None:
+        return None
+
+    def plan(self, world: World, seen: None) -> list[Action]:
+        return []
+
+    async def apply(self, world: World, seen: None, actions: Sequence[Action]) -> Done:
+        probe = await verify.probe_rpc(self.check.url, self.check.host)
+        return Done("ok" if probe.ok else "warning", probe.detail, probe.as_dict())
+
+
+def steps_for(spec: Spec, desired: Sequence[releases.DesiredRelease]) -> list[Step[Any]]:
+    """The deploy's steps after preflight, in order."""
+    found: list[Step[Any]] = [ClusterStep(spec)]
+    if uses_kind_images(spec):
+        found.append(ImagesStep(spec))
+    found += [ReleaseStep(r, d) for r, d in zip(spec.releases, desired, strict=True)]
+    found += [VerifyStep(r) for r in spec.releases if r.verify is not None]
+    return found
+
+
+def uses_kind_images(spec: Spec) -> bool:
+    """Images are moved into the nodes by the driver on kind only."""
+    return bool(spec.images) and spec.cluster.provider == "kind"
+
+
+# -- preflight --------------------------------------------------------------------------------
+
+
+async def _image_list(spec: Spec) -> tuple[images.LocalImage, ...]:
+    """The spec's local images (for kind only); raises for a missing one."""
+    return tuple(await images.check_images(spec.images)) if uses_kind_images(spec) else ()
+
+
+def desired_releases(
+    spec: Spec, found: Sequence[images.LocalImage]
+) -> tuple[releases.DesiredRelease, ...]:
+    """Reads every release's inputs; the IDs of the images it runs are part of its digest."""
+    ids = {i.ref: i.id for i in found}
+    return tuple(
+        releases.desired_release(
+            r, extras={f"image/{ref}": ids[ref] for ref in r.images if ref in ids}
+        )
+        for r in spec.releases
+    )
+
+
+async def together(*work: Coroutine[Any, Any, Any]) -> list[Any]:
+    """Runs reads at once; the first error stops the others before it is raised (gather would
+    leave them to asyncio.run's shutdown, where a cancelled read could wait for ever)."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(w) for w in work]
+    except ExceptionGroup as failed:
+        raise failed.exceptions[0] from None
+    return [t.result() for t in tasks]
+
+
+async def _attempt(work: Awaitable[T], problems: list[LaconicHelmError] | None) -> T | None:
+    """Awaits one check; with `problems`, a bad-input error is noted there (None returned) so
+    the other checks still run. Any other error, or without `problems`, is raised."""
+    try:
+        return await work
+    except LaconicHelmError as exc:
+        if problems is None or exc.exit_code != EXIT_BAD_INPUT:
+            raise
+        problems.append(exc)
+        return None
+
+
+async def prepare(
+    spec: Spec, opts: Options, problems: list[LaconicHelmError] | None = None
+) -> Prepared | None:
+    """Checks tools, files, images and the host; raises before any side effect. Given
+    `problems`, it runs every check it can and collects what is wrong there instead (None is
+    returned when anything is): `plan` lists them all in one run."""
+    # Independent reads, at once: a re-run spends most of its time waiting on these processes.
+    access = cluster.access_of(spec.cluster)
+    _, helm, found, state = await together(
+        _attempt(preflight.check_tools(spec.cluster), problems),
+        _attempt(connect_helm(kubeconfig=access.kubeconfig, context=access.context), problems),
+        _attempt(_image_list(spec), problems),
+        _attempt(cluster.observe_cluster(spec.cluster), problems),
+    )
+    # Without the image IDs (an image is missing) the digests are off, the renders are not.
+    desired = await _attempt(asyncio.to_thread(desired_releases, spec, found or ()), problems)
+    # The charts' own checks refuse a values mistake now.
+    if helm is not None and desired is not None:
+        await together(*(_attempt(releases.check_renders(helm, r), problems) for r in desired))
+    if state is not None:
+        await _attempt(preflight.check_host(spec.cluster, state), problems)
+        # Planning raises for a cluster we may not touch (not ours, or incompatible).
+        await _attempt(_plan_cluster(spec, state, opts), problems)
+    if problems or helm is None or found is None or desired is None or state is None:
+        return None
+    return Prepared(desired, state, helm, found)
+
+
+async def _plan_cluster(spec: Spec, state: ClusterState, opts: Options) -> list[Action]:
+    return cluster.plan_cluster(
+        spec.cluster, state, recreate=opts.recreate_cluster, adopt=opts.adopt_cluster
+    )
