@@ -1,4 +1,4 @@
-"""`python -m laconic_helm` and the `laconic-helm` command: signals are held first of all."""
+"""`python -m laconic_helm` and the `laconic-helm` command: the process's signal lifecycle."""
 
 from laconic_helm import interrupt
 
@@ -6,13 +6,10 @@ from laconic_helm import interrupt
 def run() -> None:
     # Held from here to the exit: a signal while the CLI loads stops the run before it begins,
     # one while the report is written or the interpreter shuts down changes nothing.
-    interrupt.hold()
-    from laconic_helm.cli import main
+    with interrupt.lifetime():
+        from laconic_helm.cli import main
 
-    try:
         main()
-    finally:
-        interrupt.settle()
 
 
 if __name__ == "__main__":

@@ -69,10 +69,6 @@ def _run(app: App, work: Callable[[], Coroutine[Any, Any, dict[str, Any]]]) -> N
 @click.pass_context
 def main(ctx: click.Context, output: OutputMode, verbose: int) -> None:
     """Deploys an Agave node behind Caddy on kind with Helm; every re-run converges."""
-    from laconic_helm import interrupt
-
-    if interrupt.hold():  # called in-process, not from start-up: give the handlers back after
-        ctx.call_on_close(interrupt.release)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

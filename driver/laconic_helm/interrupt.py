@@ -12,13 +12,14 @@ outcome is reported, `settle()` blocks them until the process has exited.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from laconic_helm.errors import Interrupted
 
 if TYPE_CHECKING:
-    from collections.abc import Coroutine
+    from collections.abc import Coroutine, Iterator
     from types import FrameType
 
 # asyncio is imported only by `run`: `hold()` comes first thing at start-up, before the slow
@@ -34,6 +35,17 @@ _original: dict[signal.Signals, Any] = {}  # the handlers `hold` replaced
 
 def _remember(signum: int, frame: FrameType | None) -> None:
     _held.append(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def lifetime() -> Iterator[None]:
+    """The process's signal lifecycle, owned by the entry point: held from start-up, acted on
+    only while the work runs (`run`), blocked once the outcome is reported (`settle`)."""
+    hold()
+    try:
+        yield
+    finally:
+        settle()
 
 
 def hold() -> bool:
@@ -69,7 +81,6 @@ def release() -> None:
 
 async def _main(coro: Coroutine[Any, Any, T]) -> T:
     import asyncio
-    import contextlib
 
     loop = asyncio.get_running_loop()
     received: list[str] = []

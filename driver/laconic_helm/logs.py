@@ -42,9 +42,9 @@ async def pod_logs(
         problem = state.problems[0] if state.problems else "it does not exist"
         raise UserError(f"cluster {spec.cluster.name}: {problem}")
     access = await cluster.ensure_kubeconfig(spec.cluster, state)
-    k = Kube.connect(access.kubeconfig, access.context)
+    kube = Kube.connect(access.kubeconfig, access.context)
     selector = f"app.kubernetes.io/instance={release.name}"
-    pods = await k.list_pods(release.namespace, selector)
+    pods = await kube.list_pods(release.namespace, selector)
     if not pods:
         raise UserError(f"release {release.name}: no pods in namespace {release.namespace}")
     loop = asyncio.get_running_loop()
@@ -61,7 +61,7 @@ async def pod_logs(
     def read(pod: str, container: str, future: asyncio.Future[int]) -> None:
         count = 0
         try:
-            lines = k.pod_log_lines(release.namespace, pod, container=container, query=query)
+            lines = kube.pod_log_lines(release.namespace, pod, container=container, query=query)
             for line in lines:
                 with lock:
                     emit(pod, line)

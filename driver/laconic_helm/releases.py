@@ -41,9 +41,22 @@ import yaml
 from pydantic import ValidationError
 from pyhelm3 import errors as helm_errors
 
-from laconic_helm import kube, paths, restarts, spec
+from laconic_helm import paths, restarts, spec
 from laconic_helm.errors import ClusterError, DeadlineExceeded, ReleaseError, SpecError
 from laconic_helm.helm import STOP_GRACE, live_helm_pids, release_error
+from laconic_helm.kube import (
+    DRIVER,
+    MANAGED_BY,
+    RELEASE_NAME,
+    RELEASE_NAMESPACE,
+    Kube,
+    ObjectRef,
+    Owner,
+    SecretData,
+    decode_release,
+    owner_of,
+)
+from laconic_helm.kube import HELM as HELM_MANAGER
 from laconic_helm.plan import Action
 
 if TYPE_CHECKING:
@@ -169,7 +182,7 @@ class DesiredRelease:
     chart: Path
     values: dict[str, Any]
     digest: str
-    secrets: tuple[kube.SecretData, ...] = ()
+    secrets: tuple[SecretData, ...] = ()
     wait: bool = True
     timeout: int = 300
     restart_window: restarts.WindowPolicy | None = None  # what a restart of its node waits for
@@ -211,7 +224,7 @@ def desired_release(
             except OSError as exc:
                 raise SpecError(f"{path}: cannot read secret file ({exc.strerror})") from None
             parts[f"secret/{s.name}/{key}"] = hashlib.sha256(data[key]).hexdigest()
-        secrets.append(kube.SecretData(release.namespace, s.name, data))
+        secrets.append(SecretData(release.namespace, s.name, data))
     values = effective_values(release)
     digest = compute_digest(chart, values, parts)
     defaults = _chart_defaults(chart)
@@ -258,7 +271,7 @@ def _revision_digest(record: Mapping[str, Any]) -> str | None:
 def revision_from_secret(secret: Mapping[str, Any]) -> Revision:
     name = (secret.get("metadata") or {}).get("name", "?")
     try:
-        record = kube.decode_release(secret)
+        record = decode_release(secret)
     except (KeyError, ValueError, OSError, EOFError) as exc:
         raise ClusterError(f"helm release record {name} is unreadable: {exc}") from None
     info = record.get("info") or {}
@@ -276,8 +289,8 @@ def revision_from_secret(secret: Mapping[str, Any]) -> Revision:
 class ObservedObject:
     """A rendered object that already exists in the cluster, with its Helm ownership."""
 
-    ref: kube.ObjectRef
-    owner: kube.Owner
+    ref: ObjectRef
+    owner: Owner
 
 
 @dataclass(frozen=True)
@@ -289,7 +302,7 @@ class ReleaseState:
     namespace_exists: bool
     revisions: tuple[Revision, ...] = ()  # oldest first
     secrets: Mapping[str, str] = field(default_factory=dict)  # absent | current | outdated
-    rendered: tuple[kube.ObjectRef, ...] = ()  # observed only when an upgrade is due
+    rendered: tuple[ObjectRef, ...] = ()  # observed only when an upgrade is due
     existing: tuple[ObservedObject, ...] = ()  # the rendered objects already present
     busy: tuple[int, ...] = ()  # pids of helm processes on this host working on the release
     # ObjectRef.key of every object the newest deployed (or superseded) revision applied
@@ -298,7 +311,7 @@ class ReleaseState:
     restarting: tuple[restarts.RunningNode, ...] = ()
 
     @property
-    def adopting(self) -> tuple[kube.ObjectRef, ...]:
+    def adopting(self) -> tuple[ObjectRef, ...]:
         """Existing rendered objects that no deployed revision of this release has applied
         yet: the upgrade takes them over (whether stamped in this run or an earlier one)."""
         return tuple(o.ref for o in self.existing if o.ref.key not in self.applied)
@@ -329,8 +342,8 @@ class ReleaseState:
         }
 
 
-async def _read_revisions(k: kube.Kube, name: str, namespace: str) -> tuple[Revision, ...]:
-    secrets = await k.list_release_secrets(namespace, name)
+async def _read_revisions(kube: Kube, name: str, namespace: str) -> tuple[Revision, ...]:
+    secrets = await kube.list_release_secrets(namespace, name)
     return tuple(sorted((revision_from_secret(s) for s in secrets), key=lambda r: r.number))
 
 
@@ -379,7 +392,7 @@ async def check_renders(helm: Helm, desired: DesiredRelease) -> None:
     paths.write_private(marker, b"")
 
 
-def _refs(objects: Iterable[Any]) -> list[kube.ObjectRef]:
+def _refs(objects: Iterable[Any]) -> list[ObjectRef]:
     refs = []
     for obj in objects:
         if not isinstance(obj, dict) or not obj.get("kind") or not obj.get("apiVersion"):
@@ -387,12 +400,12 @@ def _refs(objects: Iterable[Any]) -> list[kube.ObjectRef]:
         meta = obj.get("metadata") or {}
         if meta.get("name"):
             refs.append(
-                kube.ObjectRef(obj["apiVersion"], obj["kind"], meta["name"], meta.get("namespace"))
+                ObjectRef(obj["apiVersion"], obj["kind"], meta["name"], meta.get("namespace"))
             )
     return refs
 
 
-def _manifest_refs(manifest: str) -> list[kube.ObjectRef]:
+def _manifest_refs(manifest: str) -> list[ObjectRef]:
     try:
         return _refs(yaml.safe_load_all(manifest))
     except yaml.YAMLError:
@@ -413,7 +426,7 @@ async def _chart(helm: Helm, desired: DesiredRelease) -> pyhelm3.Chart:
 
 
 async def observe_release(
-    k: kube.Kube, helm: Helm, desired: DesiredRelease, *, busy_wait: float = BUSY_WAIT
+    kube: Kube, helm: Helm, desired: DesiredRelease, *, busy_wait: float = BUSY_WAIT
 ) -> ReleaseState:
     """Reads everything planning needs for `desired`; writes nothing.
 
@@ -421,20 +434,20 @@ async def observe_release(
     it waits up to `busy_wait` seconds for that helm to finish before reporting it busy.
     """
     name, ns = desired.name, desired.namespace
-    revisions = await _read_revisions(k, name, ns)
+    revisions = await _read_revisions(kube, name, ns)
     busy: tuple[int, ...] = ()
     latest = revisions[-1] if revisions else None
     if latest and (latest.status in PENDING or latest.status == "uninstalling"):
         stop_at = time.monotonic() + busy_wait
-        busy = live_helm_pids(name, ns, server=k.server)
+        busy = live_helm_pids(name, ns, server=kube.server)
         while busy and time.monotonic() < stop_at:
             await asyncio.sleep(0.5)
-            busy = live_helm_pids(name, ns, server=k.server)
-        revisions = await _read_revisions(k, name, ns)
-    namespace_exists = await k.get_namespace(ns) is not None
+            busy = live_helm_pids(name, ns, server=kube.server)
+        revisions = await _read_revisions(kube, name, ns)
+    namespace_exists = await kube.get_namespace(ns) is not None
     secrets: dict[str, str] = {}
     for s in desired.secrets:
-        live = await k.get_secret(ns, s.name) if namespace_exists else None
+        live = await kube.get_secret(ns, s.name) if namespace_exists else None
         secrets[s.name] = (
             "absent" if live is None else ("current" if s.matches(live) else "outdated")
         )
@@ -445,17 +458,17 @@ async def observe_release(
     existing = []
     objects = await _render(helm, desired, upgrade=bool(revisions))
     for ref in _refs(objects):
-        ref = await k.scoped(ref, ns)
+        ref = await kube.scoped(ref, ns)
         rendered.append(ref)
-        live = await k.get_object(ref)
+        live = await kube.get_object(ref)
         if live is not None:
-            existing.append(ObservedObject(ref, kube.owner_of(live)))
+            existing.append(ObservedObject(ref, owner_of(live)))
     good = next((r for r in reversed(revisions) if r.status in GOOD), None)
     applied = frozenset(
-        [(await k.scoped(ref, ns)).key for ref in _manifest_refs(good.manifest)] if good else []
+        [(await kube.scoped(ref, ns)).key for ref in _manifest_refs(good.manifest)] if good else []
     )
     restarting = (
-        await restarts.observe_running(k, ns, good.manifest, objects)
+        await restarts.observe_running(kube, ns, good.manifest, objects)
         if good and desired.restart_window
         else ()
     )
@@ -623,13 +636,13 @@ async def _within(
         ) from None
 
 
-async def _unlock(k: kube.Kube, desired: DesiredRelease, state: ReleaseState) -> None:
+async def _unlock(kube: Kube, desired: DesiredRelease, state: ReleaseState) -> None:
     latest = state.latest
     assert latest is not None
     # Re-check right before the write: a live helm may have appeared since observing.
-    if live_helm_pids(desired.name, desired.namespace, server=k.server):
+    if live_helm_pids(desired.name, desired.namespace, server=kube.server):
         raise ReleaseError(desired.name, "a helm process started working on it; re-run later")
-    done = await k.set_release_status(
+    done = await kube.set_release_status(
         desired.namespace,
         latest.secret,
         expect=latest.status,
@@ -642,18 +655,18 @@ async def _unlock(k: kube.Kube, desired: DesiredRelease, state: ReleaseState) ->
         )
 
 
-async def _adopt(k: kube.Kube, desired: DesiredRelease, ref: kube.ObjectRef) -> bool:
-    live = await k.get_object(ref)
+async def _adopt(kube: Kube, desired: DesiredRelease, ref: ObjectRef) -> bool:
+    live = await kube.get_object(ref)
     if live is None:
         return False  # gone since observing: helm will create it
-    owner = kube.owner_of(live)
+    owner = owner_of(live)
     if owner.is_release(desired.name, desired.namespace):
         return False
     if owner.belongs_elsewhere(desired.name, desired.namespace):
         other = f"{owner.namespace or '?'}/{owner.release or '?'}"
         raise ReleaseError(desired.name, f"{ref} belongs to release {other}; refusing to take it")
     version = str(live["metadata"]["resourceVersion"])
-    await k.stamp_owner(ref, desired.name, desired.namespace, version)
+    await kube.stamp_owner(ref, desired.name, desired.namespace, version)
     return True
 
 
@@ -707,7 +720,7 @@ async def _uninstall(
 
 
 async def apply_release(
-    k: kube.Kube,
+    kube: Kube,
     helm: Helm,
     desired: DesiredRelease,
     state: ReleaseState,
@@ -728,34 +741,39 @@ async def apply_release(
     for action in actions:
         verb = action.verb
         if verb == "unlock-release":
-            await _unlock(k, desired, state)
+            await _unlock(kube, desired, state)
         elif verb == "uninstall-release":
             await _uninstall(helm, desired.name, desired.namespace, desired.timeout, deadline)
             revision = None
         elif verb == "create-namespace":
             owned = _renders_namespace(state)
-            await k.ensure_namespace(
+            await kube.ensure_namespace(
                 desired.namespace,
-                labels={kube.MANAGED_BY: kube.HELM if owned else kube.DRIVER},
+                labels={MANAGED_BY: HELM_MANAGER if owned else DRIVER},
                 annotations={
-                    kube.RELEASE_NAME: desired.name,
-                    kube.RELEASE_NAMESPACE: desired.namespace,
+                    RELEASE_NAME: desired.name,
+                    RELEASE_NAMESPACE: desired.namespace,
                 }
                 if owned
                 else {},
             )
         elif verb == "apply-secret":
             secret = next(s for s in desired.secrets if action.target == f"{s.namespace}/{s.name}")
-            await k.ensure_secret(secret)
+            await kube.ensure_secret(secret)
         elif verb == "adopt-object":
             ref = next(o.ref for o in state.existing if str(o.ref) == action.target)
-            if not await _adopt(k, desired, ref):
+            if not await _adopt(kube, desired, ref):
                 continue
         elif verb == "wait-restart-window":
             node = next(n for n in state.restarting if n.target == action.target)
             assert desired.restart_window is not None  # planned only under one
             waited = (waited or 0.0) + await restarts.wait_for_window(
-                k, desired.name, node, desired.restart_window, deadline=deadline, progress=progress
+                kube,
+                desired.name,
+                node,
+                desired.restart_window,
+                deadline=deadline,
+                progress=progress,
             )
         elif verb == "upgrade-release":
             revision = await _upgrade(helm, desired, state, deadline)
@@ -766,7 +784,7 @@ async def apply_release(
 
 
 async def ensure_release(
-    k: kube.Kube,
+    kube: Kube,
     helm: Helm,
     desired: DesiredRelease,
     *,
@@ -776,15 +794,15 @@ async def ensure_release(
     progress: Callable[[str], None] = lambda _: None,
 ) -> ReleaseOutcome:
     """Brings one release to `desired` from whatever state it is in; idempotent."""
-    state = await observe_release(k, helm, desired, busy_wait=busy_wait)
+    state = await observe_release(kube, helm, desired, busy_wait=busy_wait)
     actions = plan_release(desired, state, restart_window=restart_window)
     return await apply_release(
-        k, helm, desired, state, actions, deadline=deadline, progress=progress
+        kube, helm, desired, state, actions, deadline=deadline, progress=progress
     )
 
 
 async def ensure_release_absent(
-    k: kube.Kube,
+    kube: Kube,
     helm: Helm,
     name: str,
     namespace: str,
@@ -797,9 +815,9 @@ async def ensure_release_absent(
     Objects marked `helm.sh/resource-policy: keep` (the data) stay behind. Any stored state
     (pending or uninstalling included) is uninstalled, unless a live helm is working on it.
     """
-    if not await _read_revisions(k, name, namespace):
+    if not await _read_revisions(kube, name, namespace):
         return False
-    busy = live_helm_pids(name, namespace, server=k.server)
+    busy = live_helm_pids(name, namespace, server=kube.server)
     if busy:
         pids = ", ".join(str(p) for p in busy)
         raise ReleaseError(name, f"helm (pid {pids}) is working on it; wait for it, then re-run")

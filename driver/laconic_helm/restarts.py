@@ -116,7 +116,7 @@ class RunningNode:
 
 
 async def observe_running(
-    k: Kube, namespace: str, deployed_manifest: str, rendered: Iterable[Any]
+    kube: Kube, namespace: str, deployed_manifest: str, rendered: Iterable[Any]
 ) -> tuple[RunningNode, ...]:
     """The ready node pods of the workloads the upgrade restarts. A pod that is not serving
     (starting, catching up, crashing) has no slots to lose: nothing waits for it."""
@@ -126,14 +126,14 @@ async def observe_running(
         if not labels:
             continue
         selector = ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
-        for pod in await k.list_pods(namespace, selector):
+        for pod in await kube.list_pods(namespace, selector):
             if _ready_node(pod):
                 found.append(RunningNode(namespace, pod["metadata"]["name"], workload))
     return tuple(found)
 
 
 async def wait_for_window(
-    k: Kube,
+    kube: Kube,
     release: str,
     node: RunningNode,
     policy: WindowPolicy,
@@ -163,7 +163,7 @@ async def wait_for_window(
     progress(f"  waiting for a restart window of {node.target}: {policy.describe()}")
     try:
         async with asyncio.timeout(max(budget, 0.0)):
-            code = await k.exec_lines(node.namespace, node.pod, CONTAINER, policy.argv, relay)
+            code = await kube.exec_lines(node.namespace, node.pod, CONTAINER, policy.argv, relay)
     except TimeoutError:
         limit = (
             "the run's --deadline" if by_deadline else f"restartWindow.timeout ({policy.timeout} s)"

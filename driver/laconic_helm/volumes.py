@@ -55,7 +55,7 @@ def parse_df(text: str) -> tuple[int, int]:
     return total_kib * 1024, free_kib * 1024
 
 
-async def volume_space(k: Kube, pod: dict[str, Any]) -> list[VolumeSpace]:
+async def volume_space(kube: Kube, pod: dict[str, Any]) -> list[VolumeSpace]:
     """The data volumes mounted in a running pod, each measured inside its container."""
     name, namespace = pod["metadata"]["name"], pod["metadata"]["namespace"]
     found = []
@@ -65,7 +65,7 @@ async def volume_space(k: Kube, pod: dict[str, Any]) -> list[VolumeSpace]:
                 continue
             path = mount["mountPath"]
             try:
-                out = await k.exec_output(
+                out = await kube.exec_output(
                     namespace, name, container["name"], ["df", "-P", "-k", path]
                 )
                 total, free = parse_df(out)
