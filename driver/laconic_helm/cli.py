@@ -185,23 +185,25 @@ def _spec_option(command: Callable[..., Any]) -> Callable[..., Any]:
     )(command)
 
 
+def _flag(*names: str, help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """An on/off option, off unless given."""
+    return click.option(*names, is_flag=True, help=help)
+
+
 def _cluster_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    command = click.option(
+    command = _flag(
         "--recreate-cluster",
-        is_flag=True,
         help="Rebuild the kind cluster when its ports or mounts differ (only one this tool made).",
     )(command)
-    return click.option(
+    return _flag(
         "--adopt-cluster",
-        is_flag=True,
         help="Treat a same-named kind cluster that this tool did not create as its own.",
     )(command)
 
 
 def _strict_host_option(command: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
+    return _flag(
         "--strict-host",
-        is_flag=True,
         help="Refuse (exit 2) a host short of the sysctls and memlock an agave rpc or validator "
         "node needs, or on cgroup v1 for a kubelet that refuses it; else only a warning.",
     )(command)
@@ -239,9 +241,8 @@ def _load(spec_file: Path | None) -> Any:
 @_cluster_options
 @_strict_host_option
 @_restart_window_option
-@click.option(
+@_flag(
     "--dry-run",
-    is_flag=True,
     help="List what would be adopted, created, changed or removed (as `plan`); write nothing.",
 )
 @click.pass_obj
@@ -304,7 +305,7 @@ def plan(
 @main.command()
 @_output_option
 @_spec_option
-@click.option("--watch", is_flag=True, help="Refresh until Ctrl-C (human output only).")
+@_flag("--watch", help="Refresh until Ctrl-C (human output only).")
 @click.option(
     "--interval",
     type=click.FloatRange(min=1),
@@ -331,11 +332,7 @@ def status(app: App, spec_file: Path | None, watch: bool, interval: float) -> No
 @main.command()
 @_output_option
 @_spec_option
-@click.option(
-    "--delete-cluster",
-    is_flag=True,
-    help="Also delete the kind cluster, and only if this tool created it.",
-)
+@_flag("--delete-cluster", help="Also delete the kind cluster, and only if this tool created it.")
 @_lock_option
 @click.pass_obj
 def down(app: App, spec_file: Path | None, delete_cluster: bool, lock_wait: float) -> None:
@@ -371,7 +368,7 @@ def import_() -> None:
     help="Folder for deployment.yaml, the values files and import-report.yaml.",
 )
 @click.option("--namespace", default=None, help="laconic-so's app namespace, if guessed wrong.")
-@click.option("--force", is_flag=True, help="Overwrite an earlier import in --out.")
+@_flag("--force", help="Overwrite an earlier import in --out.")
 @click.pass_obj
 def import_laconic_so(
     app: App, deployment_dir: Path, out: Path, namespace: str | None, force: bool
@@ -391,7 +388,7 @@ def import_laconic_so(
 @_output_option
 @_spec_option
 @click.option("--release", "release_name", default=None, help="Release (default: the last one).")
-@click.option("-f", "--follow", is_flag=True, help="Keep streaming new lines (Ctrl-C stops).")
+@_flag("-f", "--follow", help="Keep streaming new lines (Ctrl-C stops).")
 @click.option("--tail", type=click.IntRange(min=0), default=None, help="Only the last N lines.")
 @click.option(
     "--since",
@@ -400,9 +397,8 @@ def import_laconic_so(
     metavar="SECONDS",
     help="Only lines of the last SECONDS.",
 )
-@click.option(
+@_flag(
     "--previous",
-    is_flag=True,
     help="The lines of the container's previous instance (before its last restart).",
 )
 @click.pass_obj

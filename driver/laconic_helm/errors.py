@@ -20,9 +20,16 @@ EXIT_LOCKED = 4
 
 
 class LaconicHelmError(Exception):
-    """Base of every error the driver raises on purpose; never shown with a traceback."""
+    """Base of every error the driver raises on purpose; never shown with a traceback.
+
+    A subclass names its exit code in its class line (`exit_code=...`), else inherits it."""
 
     exit_code = EXIT_FAILED
+
+    def __init_subclass__(cls, exit_code: int | None = None, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if exit_code is not None:
+            cls.exit_code = exit_code
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -30,20 +37,16 @@ class LaconicHelmError(Exception):
         self.hint = hint
 
 
-class UserError(LaconicHelmError):
+class UserError(LaconicHelmError, exit_code=EXIT_BAD_INPUT):
     """The operator's input is wrong; raised before any side effect."""
-
-    exit_code = EXIT_BAD_INPUT
 
 
 class SpecError(UserError):
     """The deployment spec or a file it names is invalid; the message names file and key."""
 
 
-class ToolMissingError(LaconicHelmError):
+class ToolMissingError(LaconicHelmError, exit_code=EXIT_BAD_INPUT):
     """A required external tool is absent or unusable: the host is not as required."""
-
-    exit_code = EXIT_BAD_INPUT
 
 
 class CommandError(LaconicHelmError):
@@ -73,17 +76,13 @@ class ReleaseError(LaconicHelmError):
         self.release = release
 
 
-class Interrupted(LaconicHelmError):
+class Interrupted(LaconicHelmError, exit_code=EXIT_PARTIAL):
     """The run stopped early (signal or deadline); everything done so far is kept."""
-
-    exit_code = EXIT_PARTIAL
 
 
 class DeadlineExceeded(Interrupted):
     """The --deadline budget ran out before the work was done."""
 
 
-class LockHeld(LaconicHelmError):
+class LockHeld(LaconicHelmError, exit_code=EXIT_LOCKED):
     """Another run holds this deployment's lock."""
-
-    exit_code = EXIT_LOCKED

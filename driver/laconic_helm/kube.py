@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import gzip
 import json
 import logging
@@ -246,19 +247,11 @@ class Kube:
         return response.status, doc
 
     async def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        query: Mapping[str, str] | None = None,
-        body: Any = None,
-        content_type: str = "application/json",
-        allow: tuple[int, ...] = (),
+        self, method: str, path: str, *, allow: tuple[int, ...] = (), **call: Any
     ) -> tuple[int, dict[str, Any]]:
-        """Runs one request in a worker thread; statuses outside 2xx and `allow` raise."""
-        status, doc = await asyncio.to_thread(
-            self._call, method, path, query=query, body=body, content_type=content_type
-        )
+        """Runs one request (`_call`'s arguments) in a worker thread; statuses outside 2xx and
+        `allow` raise."""
+        status, doc = await asyncio.to_thread(functools.partial(self._call, method, path, **call))
         if not 200 <= status < 300 and status not in allow:
             message = doc.get("message") or doc.get("reason") or "no message"
             raise ClusterError(f"{method} {path}: HTTP {status}: {message}")

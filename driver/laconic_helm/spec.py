@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -114,6 +114,15 @@ class ContainerLogs(_Model):
     )
 
 
+def _repeats(keys: Iterable[Hashable]) -> Iterator[tuple[int, int]]:
+    """(index, index of its first occurrence) for each key met before: the spec's duplicates."""
+    seen: dict[Hashable, int] = {}
+    for i, key in enumerate(keys):
+        if key in seen:
+            yield i, seen[key]
+        seen.setdefault(key, i)
+
+
 class Cluster(_Model):
     """Where the releases go: a kind cluster this tool manages, or any existing cluster."""
 
@@ -155,15 +164,11 @@ class Cluster(_Model):
     def _check_provider(self) -> Cluster:
         if self.provider == "existing" and not self.context:
             raise ValueError("provider 'existing' needs 'context' (the kube context to use)")
-        seen: dict[tuple[int, str], int] = {}
-        for i, p in enumerate(self.ports):
-            key = (p.host_port, p.protocol)
-            if key in seen:
-                raise ValueError(
-                    f"ports[{i}]: host port {p.host_port}/{p.protocol} already used by "
-                    f"ports[{seen[key]}]"
-                )
-            seen[key] = i
+        for i, first in _repeats((p.host_port, p.protocol) for p in self.ports):
+            p = self.ports[i]
+            raise ValueError(
+                f"ports[{i}]: host port {p.host_port}/{p.protocol} already used by ports[{first}]"
+            )
         return self
 
 
@@ -324,15 +329,13 @@ class Spec(_Model):
 
     @model_validator(mode="after")
     def _unique_releases(self) -> Spec:
-        seen: dict[tuple[str, str], int] = {}
+        for i, first in _repeats((r.namespace, r.name) for r in self.releases):
+            r = self.releases[i]
+            raise ValueError(
+                f"releases[{i}]: release {r.name!r} in namespace {r.namespace!r} "
+                f"duplicates releases[{first}]"
+            )
         for i, r in enumerate(self.releases):
-            key = (r.namespace, r.name)
-            if key in seen:
-                raise ValueError(
-                    f"releases[{i}]: release {r.name!r} in namespace {r.namespace!r} "
-                    f"duplicates releases[{seen[key]}]"
-                )
-            seen[key] = i
             for j, image in enumerate(r.images):
                 if image not in self.images:
                     raise ValueError(
