@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import pytest
 from click.testing import CliRunner
 
-from laconic_helm import images, proc
+from laconic_helm import containerd, images, proc
 from laconic_helm.archive import LegacyLayers, PipeWriter, TarReader, TarWriter, chain_ids
 from laconic_helm.cli import main
 from laconic_helm.output import Reporter
@@ -216,8 +216,8 @@ def _image(
     return images.LocalImage("a:1", name, id or _digest(b"config"), tuple(diffs), 0)
 
 
-def _state(records: dict[str, str], blobs: dict[str, dict[str, str]]) -> images.NodeState:
-    return images.NodeState("n1", records, blobs)
+def _state(records: dict[str, str], blobs: dict[str, dict[str, str]]) -> containerd.NodeState:
+    return containerd.NodeState("n1", records, blobs)
 
 
 D1, D2 = _digest(b"d1"), _digest(b"d2")
@@ -281,7 +281,7 @@ def test_node_state_knows_images_by_index_digest() -> None:
 @pytest.mark.unit
 def test_kept_blobs_are_reachable_from_images_or_marked() -> None:
     leased_only, marked = _digest(b"leased"), _digest(b"marked")
-    blobs = {**UNPACKED, leased_only: {}, marked: {images.GC_ROOT: images.HOLD_MARK}}
+    blobs = {**UNPACKED, leased_only: {}, marked: {containerd.GC_ROOT: containerd.HOLD_MARK}}
     state = _state({NAME: MANIFEST}, blobs)
     assert state.kept() == {MANIFEST, CONFIG, D1, D2, marked}
     assert state.marked() == [marked]
@@ -322,7 +322,7 @@ def test_plan_covers_every_image_and_node() -> None:
     ],
 )  # fmt: skip
 def test_snapshotter_from_config_dump(dump: str, snapshotter: str) -> None:
-    assert images._snapshotter(dump) == snapshotter
+    assert containerd._snapshotter(dump) == snapshotter
 
 
 # --- real docker and containerd -------------------------------------------------------------
@@ -526,7 +526,7 @@ def test_killed_load_leaves_no_image_and_the_next_run_finishes_it(
     loader = subprocess.Popen(cli, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
-        while not any(images.HOLD_MARK in row for row in _content(node).values()):
+        while not any(containerd.HOLD_MARK in row for row in _content(node).values()):
             assert loader.poll() is None, "the load finished before it could be interrupted"
             assert time.monotonic() < deadline, "no layer reached the node"
             time.sleep(0.1)
@@ -536,14 +536,14 @@ def test_killed_load_leaves_no_image_and_the_next_run_finishes_it(
     assert images.containerd_name(ref) not in nodes.ctr_images(node)
 
     time.sleep(1)  # the node's importer sees its input end and gives up its lease
-    kept = [d for d, row in _content(node).items() if images.HOLD_MARK in row]
+    kept = [d for d, row in _content(node).items() if containerd.HOLD_MARK in row]
     assert kept and set(kept) <= set(_diff_ids(ref))
 
     result = _load(cluster, ref)[ref]
     assert result.status == "load-image"
     assert result.bytes_sent < (4 - len(kept)) * 48 * MiB + MiB  # kept layers did not travel
     assert images.containerd_name(ref) in nodes.ctr_images(node)
-    assert not any(images.HOLD_MARK in row for row in _content(node).values())
+    assert not any(containerd.HOLD_MARK in row for row in _content(node).values())
 
 
 @pytest.mark.docker

@@ -395,7 +395,7 @@ class Target:
 
     node: str
     writer: TarWriter
-    holds: set[str]  # blob digests the node keeps (see images.NodeState.kept)
+    holds: set[str]  # blob digests the node keeps (see containerd.NodeState.kept)
     images: list[ArchiveImage]
     sent: dict[str, int] = field(default_factory=dict)  # digest -> size of blobs sent
 

@@ -18,7 +18,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from laconic_helm import cluster, images, preflight, releases, takeover, verify
+from laconic_helm import cluster, containerd, images, preflight, releases, takeover, verify
 from laconic_helm.errors import EXIT_BAD_INPUT, LaconicHelmError
 from laconic_helm.helm import connect as connect_helm
 from laconic_helm.kube import Kube
@@ -180,7 +180,7 @@ async def _connect(where: Cluster, state: ClusterState) -> Kube:
 
 @dataclass(frozen=True)
 class ImagesSeen:
-    nodes: dict[str, images.NodeState]
+    nodes: dict[str, containerd.NodeState]
 
 
 class ImagesStep(Step[ImagesSeen]):
@@ -193,7 +193,7 @@ class ImagesStep(Step[ImagesSeen]):
     async def observe(self, world: World) -> ImagesSeen:
         if world.kube is None:  # a cluster still to be made: its one node will hold nothing
             node = _CONTROL_PLANE.format(name=self.cluster)
-            return ImagesSeen({node: images.NodeState(node, {}, {})})
+            return ImagesSeen({node: containerd.NodeState(node, {}, {})})
         return ImagesSeen(await images.observe_nodes(self.cluster))
 
     def plan(self, world: World, seen: ImagesSeen) -> list[Action]:
