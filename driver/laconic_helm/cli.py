@@ -412,7 +412,7 @@ def logs(
     previous: bool,
 ) -> None:
     """Prints the pod logs of a release (the app by default), like kubectl logs."""
-    from laconic_helm import logs as pod_logs
+    from laconic_helm.logs import pod_logs
     from laconic_helm.kube import LogQuery
 
     collected: list[dict[str, str]] = []
@@ -427,7 +427,7 @@ def logs(
         if follow and app.reporter.mode == "json":
             raise UserError("--follow: not with --output json (the report is one JSON object)")
         query = LogQuery(follow=follow, tail=tail, since=since, previous=previous)
-        found = await pod_logs.pod_logs(_load(spec_file), release_name, query=query, emit=emit)
+        found = await pod_logs(_load(spec_file), release_name, query=query, emit=emit)
         return {**found, "entries": collected} if app.reporter.mode == "json" else found
 
     _run(app, work)
