@@ -412,8 +412,8 @@ def logs(
     previous: bool,
 ) -> None:
     """Prints the pod logs of a release (the app by default), like kubectl logs."""
-    from laconic_helm.logs import pod_logs
     from laconic_helm.kube import LogQuery
+    from laconic_helm.logs import pod_logs
 
     collected: list[dict[str, str]] = []
 
