@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from laconic_helm import cluster as kind
 from laconic_helm import docker, tools
+from laconic_helm.cluster.access import server_port
+from laconic_helm.cluster.nodes import list_nodes
+from laconic_helm.cluster.observe import ClusterState
 from laconic_helm.errors import ToolMissingError, UserError
 
 if TYPE_CHECKING:
-    from laconic_helm.cluster import ClusterState
     from laconic_helm.spec import Cluster
 
 MIN_KIND = (0, 17)  # node `labels` in the kind config
@@ -93,9 +94,9 @@ def port_in_use(address: str, port: int, protocol: str) -> bool | None:
     lingering in TIME_WAIT do not count as a holder.
     """
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    kind_, proto = _SOCKET_TYPES[protocol]
+    sock_type, proto = _SOCKET_TYPES[protocol]
     try:
-        sock = socket.socket(family, kind_, proto)
+        sock = socket.socket(family, sock_type, proto)
     except OSError:
         return None  # e.g. no SCTP in this kernel
     with sock:
@@ -186,7 +187,7 @@ def _check_points_at(context: str, server: str | None, where: Path, state: Clust
     api = state.api_endpoint
     if api is None or server is None:
         return
-    if kind.server_port(server) != api.host_port:
+    if server_port(server) != api.host_port:
         raise UserError(
             f"kube context {context} in {where} points at {server}, not at kind cluster "
             f"{state.name}'s API ({api.host_ip}:{api.host_port})",
@@ -223,9 +224,9 @@ async def check_context(
         raise UserError(f"cluster.context: context {context!r} is not in the kubeconfig ({shown})")
     server, where = contexts[context]
     if context.startswith("kind-"):
-        nodes = await kind.list_nodes(context.removeprefix("kind-"))
+        nodes = await list_nodes(context.removeprefix("kind-"))
         if nodes:
-            other = kind.ClusterState(context.removeprefix("kind-"), nodes=tuple(nodes))
+            other = ClusterState(context.removeprefix("kind-"), nodes=tuple(nodes))
             _check_points_at(context, server, where, other)
 
 
