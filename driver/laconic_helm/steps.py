@@ -152,15 +152,9 @@ class ClusterStep(Step[ClusterSeen]):
         return [*actions, *cluster.plan_runtime_class(self.cluster, live)]
 
     async def apply(self, world: World, seen: ClusterSeen, actions: Sequence[Action]) -> Done:
-        state = seen.state
         made = [a for a in actions if a.verb != "create-runtime-class"]
-        if made:
-            await cluster.apply_cluster(self.cluster, state, made)
-            state = await cluster.observe_cluster(self.cluster)
-        cluster.check_converged(self.cluster, state)
-        world.kube = await _connect(self.cluster, state)
-        if self.cluster.provider == "kind":
-            await cluster.ensure_records(state, cluster.access_of(self.cluster))
+        result = await cluster.converge_cluster(self.cluster, seen.state, made)
+        world.kube = Kube.connect(result.access.kubeconfig, result.access.context)
         if len(made) < len(actions):
             await cluster.ensure_runtime_class(self.cluster, world.kube)
         return carried_out(actions)

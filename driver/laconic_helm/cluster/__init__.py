@@ -20,6 +20,7 @@ from laconic_helm.cluster.kindconfig import kind_config, render_kind_config
 from laconic_helm.cluster.lifecycle import (
     ClusterResult,
     apply_cluster,
+    converge_cluster,
     delete_cluster,
     ensure_cluster,
 )
@@ -69,6 +70,7 @@ __all__ = [
     "api_binding",
     "apply_cluster",
     "cluster_dir",
+    "converge_cluster",
     "delete_cluster",
     "differences",
     "ensure_cluster",

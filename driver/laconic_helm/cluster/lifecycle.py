@@ -161,6 +161,14 @@ async def ensure_cluster(
     """
     state = state or await observe_cluster(cluster)
     actions = plan_cluster(cluster, state, recreate=recreate, adopt=adopt)
+    return await converge_cluster(cluster, state, actions)
+
+
+async def converge_cluster(
+    cluster: Cluster, state: ClusterState, actions: Sequence[Action]
+) -> ClusterResult:
+    """Carries out planned cluster actions, then checks the cluster is as specified and keeps
+    the kubeconfig and ownership records current (the deploy's cluster step)."""
     if actions:
         await apply_cluster(cluster, state, actions)
         state = await observe_cluster(cluster)
