@@ -22,7 +22,7 @@ from laconic_helm import (
     lock,
     preflight,
     releases,
-    takeover,
+    retire,
     verify,
     volumes,
 )
@@ -184,15 +184,15 @@ async def _ensure_release(
     may need what the old ones hold (host ports, the ledger), and those go only once the
     release is deployed. The wait the release asks for comes after the removal instead.
     """
-    leftovers = await takeover.observe_retire(k, release)
-    held = desired.wait and takeover.replaces_workload(leftovers)
+    leftovers = await retire.observe_retire(k, release)
+    held = desired.wait and retire.replaces_workload(leftovers)
     run = dataclasses.replace(desired, wait=False) if held else desired
     outcome = await releases.ensure_release(
         k, h, run, deadline=deadline, restart_window=opts.restart_window, progress=reporter.line
     )
-    retired = await takeover.ensure_retired(k, release)
+    retired = await retire.ensure_retired(k, release)
     if held:
-        await takeover.wait_ready(k, desired.name, desired.namespace, timeout=desired.timeout)
+        await retire.wait_ready(k, desired.name, desired.namespace, timeout=desired.timeout)
     return outcome, retired
 
 
@@ -243,7 +243,7 @@ async def deploy(spec: Spec, reporter: Reporter, opts: Options) -> dict[str, Any
                     {} if outcome.restart_wait is None else {"restart_wait": outcome.restart_wait}
                 )
                 rec.done(
-                    "changed" if outcome.changed or takeover.removed(retired) else "ok",
+                    "changed" if outcome.changed or retire.removed(retired) else "ok",
                     "; ".join(lines),
                     actions=lines,
                     revision=outcome.revision,
@@ -310,7 +310,7 @@ async def plan(spec: Spec, reporter: Reporter, opts: Options) -> dict[str, Any]:
             actions = [
                 *releases.plan_release(desired, observed, restart_window=opts.restart_window),
                 *releases.plan_objects(desired, observed),
-                *takeover.plan_retire(release, await takeover.observe_retire(k, release)),
+                *retire.plan_retire(release, await retire.observe_retire(k, release)),
             ]
             lines += [a.line() for a in actions if a.verb != "up-to-date"]
     else:
