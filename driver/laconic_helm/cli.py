@@ -374,10 +374,10 @@ def import_laconic_so(
     app: App, deployment_dir: Path, out: Path, namespace: str | None, force: bool
 ) -> None:
     """Writes a spec, values and a report for a laconic-so deployment; touches nothing live."""
-    from laconic_helm import migrate
+    from laconic_helm import importer
 
     async def work() -> dict[str, Any]:
-        return migrate.import_laconic_so(
+        return importer.import_laconic_so(
             deployment_dir, out, app.reporter, force=force, namespace=namespace
         )
 

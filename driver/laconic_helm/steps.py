@@ -18,7 +18,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from laconic_helm import cluster, containerd, images, preflight, releases, takeover, verify
+from laconic_helm import cluster, containerd, images, preflight, releases, retire, verify
 from laconic_helm.errors import EXIT_BAD_INPUT, LaconicHelmError
 from laconic_helm.helm import connect as connect_helm
 from laconic_helm.kube import Kube
@@ -215,7 +215,7 @@ class ImagesStep(Step[ImagesSeen]):
 @dataclass(frozen=True)
 class ReleaseSeen:
     state: releases.ReleaseState
-    leftovers: tuple[takeover.Leftover, ...]  # what is left of its `retire` section
+    leftovers: tuple[retire.Leftover, ...]  # what is left of its `retire` section
 
 
 class ReleaseStep(Step[ReleaseSeen]):
@@ -229,10 +229,10 @@ class ReleaseStep(Step[ReleaseSeen]):
     async def observe(self, world: World) -> ReleaseSeen:
         if world.kube is None:
             state = await releases.observe_absent(world.helm, self.desired)
-            leftovers: list[takeover.Leftover] = []
+            leftovers: list[retire.Leftover] = []
         else:
             state = await releases.observe_release(world.kube, world.helm, self.desired)
-            leftovers = await takeover.observe_retire(world.kube, self.release)
+            leftovers = await retire.observe_retire(world.kube, self.release)
         if self.desired.namespace in world.made_namespaces:
             state = dataclasses.replace(state, namespace_exists=True)
         return ReleaseSeen(state, tuple(leftovers))
@@ -241,7 +241,7 @@ class ReleaseStep(Step[ReleaseSeen]):
         restart_window = world.opts.restart_window
         return [
             *releases.plan_release(self.desired, seen.state, restart_window=restart_window),
-            *takeover.plan_retire(self.release, seen.leftovers),
+            *retire.plan_retire(self.release, seen.leftovers),
         ]
 
     def effects(self, seen: ReleaseSeen) -> list[str]:
@@ -255,7 +255,7 @@ class ReleaseStep(Step[ReleaseSeen]):
         """
         assert world.kube is not None  # the cluster step connected it
         desired = self.desired
-        held = desired.wait and takeover.replaces_workload(seen.leftovers)
+        held = desired.wait and retire.replaces_workload(seen.leftovers)
         run = dataclasses.replace(desired, wait=False) if held else desired
         retiring = [a for a in actions if a.verb in ("retire-object", "keep-object")]
         upgrade = [a for a in actions if a not in retiring]
@@ -268,9 +268,9 @@ class ReleaseStep(Step[ReleaseSeen]):
             deadline=world.deadline,
             progress=world.reporter.line,
         )
-        retired = await takeover.apply_retired(world.kube, self.release, retiring)
+        retired = await retire.apply_retired(world.kube, self.release, retiring)
         if held:
-            await takeover.wait_ready(
+            await retire.wait_ready(
                 world.kube, desired.name, desired.namespace, timeout=desired.timeout
             )
         waited = {} if outcome.restart_wait is None else {"restart_wait": outcome.restart_wait}

@@ -26,8 +26,9 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from laconic_helm import kube
 from laconic_helm.errors import ReleaseError
+from laconic_helm.kube import HELM as HELM_MANAGER
+from laconic_helm.kube import Kube, ObjectRef, owner_of
 from laconic_helm.plan import Action
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ class Leftover:
     """One object of a `retire` section as found: what of it is still to remove, or why it
     stays."""
 
-    ref: kube.ObjectRef
+    ref: ObjectRef
     uid: str | None = None  # None: the object itself is gone or already being deleted
     replica_sets: tuple[_Part, ...] = ()  # a Deployment's, left by an interrupted run too
     pods: tuple[_Part, ...] = ()  # a Deployment's pods not yet told to stop
@@ -65,10 +66,10 @@ def _step(release: Release) -> str:
     return f"release/{release.name}"
 
 
-def _refs(release: Release) -> list[kube.ObjectRef]:
+def _refs(release: Release) -> list[ObjectRef]:
     assert release.retire is not None
     return [
-        kube.ObjectRef(o.version, o.kind, o.name, o.namespace or release.namespace)
+        ObjectRef(o.version, o.kind, o.name, o.namespace or release.namespace)
         for o in release.retire.objects
     ]
 
@@ -76,12 +77,12 @@ def _refs(release: Release) -> list[kube.ObjectRef]:
 def _why_kept(live: Mapping[str, Any], labels: Mapping[str, str]) -> str:
     """Why a live object is not the previous installer's to remove ("" when it is)."""
     meta = live.get("metadata") or {}
-    owner = kube.owner_of(live)
-    if owner.release or owner.managed_by == kube.HELM:
+    owner = owner_of(live)
+    if owner.release or owner.managed_by == HELM_MANAGER:
         where = f"{owner.namespace or '?'}/{owner.release or '?'}"
         return f"kept: Helm release {where} owns it"
     have = meta.get("labels") or {}
-    missing = [f"{k}={v}" for k, v in labels.items() if have.get(k) != v]
+    missing = [f"{key}={value}" for key, value in labels.items() if have.get(key) != value]
     if missing:
         return f"kept: it lacks the label {', '.join(missing)}, so it is not the one to retire"
     return ""
@@ -96,14 +97,14 @@ def _controlled_by(meta: Mapping[str, Any], kind: str, name: str) -> bool:
 
 
 async def _deployment_parts(
-    k: kube.Kube, ref: kube.ObjectRef, selector: str
+    kube: Kube, ref: ObjectRef, selector: str
 ) -> tuple[tuple[_Part, ...], tuple[_Part, ...]]:
     """The ReplicaSets and pods of Deployment `ref` still to delete, found by the names the
     Deployment controller gives them (`<deployment>-<pod-template-hash>[-<suffix>]`), so they
     are found after the Deployment is gone too."""
     assert ref.namespace is not None
     sets: list[_Part] = []
-    for rs in await k.list_objects("apps/v1", "ReplicaSet", ref.namespace, selector=selector):
+    for rs in await kube.list_objects("apps/v1", "ReplicaSet", ref.namespace, selector=selector):
         meta = rs["metadata"]
         template_hash = (meta.get("labels") or {}).get("pod-template-hash")
         if (
@@ -114,7 +115,7 @@ async def _deployment_parts(
         ):
             sets.append((meta["name"], meta["uid"]))
     pods: list[_Part] = []
-    for pod in await k.list_objects("v1", "Pod", ref.namespace, selector=selector):
+    for pod in await kube.list_objects("v1", "Pod", ref.namespace, selector=selector):
         meta = pod["metadata"]
         template_hash = (meta.get("labels") or {}).get("pod-template-hash")
         owner = f"{ref.name}-{template_hash}"
@@ -128,7 +129,7 @@ async def _deployment_parts(
     return tuple(sets), tuple(pods)
 
 
-async def observe_retire(k: kube.Kube, release: Release) -> list[Leftover]:
+async def observe_retire(kube: Kube, release: Release) -> list[Leftover]:
     """Looks up every object of the release's `retire` section; writes nothing."""
     retire = release.retire
     if retire is None:
@@ -136,7 +137,7 @@ async def observe_retire(k: kube.Kube, release: Release) -> list[Leftover]:
     labels = retire.labels
     found = []
     for ref in _refs(release):
-        live = await k.get_object(ref)
+        live = await kube.get_object(ref)
         kept = _why_kept(live, labels) if live is not None else ""
         if kept:
             found.append(Leftover(ref, kept=kept))
@@ -146,7 +147,7 @@ async def observe_retire(k: kube.Kube, release: Release) -> list[Leftover]:
         sets: tuple[_Part, ...] = ()
         pods: tuple[_Part, ...] = ()
         if ref.kind == "Deployment":
-            sets, pods = await _deployment_parts(k, ref, retire.selector)
+            sets, pods = await _deployment_parts(kube, ref, retire.selector)
         found.append(Leftover(ref, uid, sets, pods))
     return found
 
@@ -185,20 +186,20 @@ def plan_retire(release: Release, leftovers: Sequence[Leftover]) -> list[Action]
 
 
 def _owned_by(obj: Mapping[str, Any], release: str, namespace: str) -> bool:
-    return kube.owner_of(obj).is_release(release, namespace)
+    return owner_of(obj).is_release(release, namespace)
 
 
-async def release_workloads(k: kube.Kube, release: str, namespace: str) -> list[dict[str, Any]]:
+async def release_workloads(kube: Kube, release: str, namespace: str) -> list[dict[str, Any]]:
     """The Deployments, StatefulSets and DaemonSets of Helm release `release`."""
     found = []
     for kind in WORKLOAD_KINDS:
-        items = await k.list_objects("apps/v1", kind, namespace)
+        items = await kube.list_objects("apps/v1", kind, namespace)
         found += [{**o, "kind": kind} for o in items if _owned_by(o, release, namespace)]
     return found
 
 
-async def _check_replacement(k: kube.Kube, release: Release, leftover: Leftover) -> None:
-    if not await release_workloads(k, release.name, release.namespace):
+async def _check_replacement(kube: Kube, release: Release, leftover: Leftover) -> None:
+    if not await release_workloads(kube, release.name, release.namespace):
         raise ReleaseError(
             release.name,
             f"has no workload in namespace {release.namespace}, so {leftover.ref} stays "
@@ -207,30 +208,32 @@ async def _check_replacement(k: kube.Kube, release: Release, leftover: Leftover)
         )
 
 
-async def _retire_deployment(k: kube.Kube, leftover: Leftover, retire: Retire) -> None:
+async def _retire_deployment(kube: Kube, leftover: Leftover, retire: Retire) -> None:
     ref = leftover.ref
     assert ref.namespace is not None
     if leftover.uid is not None:
-        await k.delete_object(ref, uid=leftover.uid, propagation="Orphan")
+        await kube.delete_object(ref, uid=leftover.uid, propagation="Orphan")
     # Listed again now that no Deployment controller makes new ones.
-    sets, _ = await _deployment_parts(k, ref, retire.selector)
+    sets, _ = await _deployment_parts(kube, ref, retire.selector)
     for name, uid in sets:
-        rs = kube.ObjectRef("apps/v1", "ReplicaSet", name, ref.namespace)
-        await k.delete_object(rs, uid=uid, propagation="Orphan")
+        rs = ObjectRef("apps/v1", "ReplicaSet", name, ref.namespace)
+        await kube.delete_object(rs, uid=uid, propagation="Orphan")
     # And again now that no ReplicaSet controller replaces a pod.
-    _, pods = await _deployment_parts(k, ref, retire.selector)
+    _, pods = await _deployment_parts(kube, ref, retire.selector)
     for name, uid in pods:
-        pod = kube.ObjectRef("v1", "Pod", name, ref.namespace)
-        await k.delete_object(pod, uid=uid, grace_seconds=retire.grace_period_seconds)
+        pod = ObjectRef("v1", "Pod", name, ref.namespace)
+        await kube.delete_object(pod, uid=uid, grace_seconds=retire.grace_period_seconds)
 
 
-async def ensure_retired(k: kube.Kube, release: Release) -> list[Action]:
+async def ensure_retired(kube: Kube, release: Release) -> list[Action]:
     """Removes what is left of the release's `retire` section; returns what it removed
     (`retire-object`) and what it left alone as not the installer's (`keep-object`)."""
-    return await apply_retired(k, release, plan_retire(release, await observe_retire(k, release)))
+    return await apply_retired(
+        kube, release, plan_retire(release, await observe_retire(kube, release))
+    )
 
 
-async def apply_retired(k: kube.Kube, release: Release, planned: Sequence[Action]) -> list[Action]:
+async def apply_retired(kube: Kube, release: Release, planned: Sequence[Action]) -> list[Action]:
     """Carries out planned removals; returns the planned actions that were carried out.
 
     Call it once the release is deployed: it looks every planned object up again (the upgrade
@@ -241,16 +244,16 @@ async def apply_retired(k: kube.Kube, release: Release, planned: Sequence[Action
         return []
     removals = {a.target for a in planned if a.verb == "retire-object"}
     done = [a for a in planned if a.verb == "keep-object"]
-    for leftover in await observe_retire(k, release):
+    for leftover in await observe_retire(kube, release):
         action = _action(release, leftover)
         if action is None or action.verb != "retire-object" or action.target not in removals:
             continue  # gone since planning, or not planned: the next run plans it
         if leftover.ref.kind == "Deployment":
-            await _check_replacement(k, release, leftover)
-            await _retire_deployment(k, leftover, retire)
+            await _check_replacement(kube, release, leftover)
+            await _retire_deployment(kube, leftover, retire)
         else:
             assert leftover.uid is not None
-            if not await k.delete_object(leftover.ref, uid=leftover.uid):
+            if not await kube.delete_object(leftover.ref, uid=leftover.uid):
                 continue  # gone since it was looked up
         done.append(next(a for a in planned if a.target == action.target))
     return done
@@ -280,11 +283,11 @@ def _ready(obj: Mapping[str, Any]) -> bool:
     return int(updated) >= want and int(ready) >= want
 
 
-async def wait_ready(k: kube.Kube, release: str, namespace: str, *, timeout: float) -> None:
+async def wait_ready(kube: Kube, release: str, namespace: str, *, timeout: float) -> None:
     """Waits until every workload of the release runs its current revision and is ready."""
     stop_at = time.monotonic() + timeout
     while True:
-        workloads = await release_workloads(k, release, namespace)
+        workloads = await release_workloads(kube, release, namespace)
         waiting = [f"{w['kind']} {w['metadata']['name']}" for w in workloads if not _ready(w)]
         if workloads and not waiting:
             return

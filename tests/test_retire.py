@@ -1,4 +1,4 @@
-"""takeover: laconic-so's objects are retired only once their replacement exists, never data,
+"""retire: laconic-so's objects are retired only once their replacement exists, never data,
 with the grace period the node needs; and the first deploy from an imported laconic-so spec
 takes the cluster laconic-so left over (kind stand-in seeded with laconic-so's objects, the real
 CLI, real helm 3 and 4, the real charts)."""
@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from laconic_helm import kube, spec, takeover
+from laconic_helm import kube, retire, spec
 from laconic_helm.errors import ReleaseError
 from tests.harness import laconic_so, nodes
 from tests.harness.api import KubeAPI
@@ -166,14 +166,14 @@ def test_a_retired_deployments_pod_gets_the_grace_period_and_no_successor(
     _release_workload(kube_api, ns)
     release = _retiring(ns, ("Deployment", OLD_AGAVE), ("Service", f"{APP}-agave-service"))
 
-    planned = takeover.plan_retire(release, asyncio.run(takeover.observe_retire(k, release)))
+    planned = retire.plan_retire(release, asyncio.run(retire.observe_retire(k, release)))
     assert [a.line() for a in planned] == [
         f"release/agave: retire-object Deployment {ns}/{OLD_AGAVE} "
         f"(1 pod(s) stop with a {GRACE} s grace period)",
         f"release/agave: retire-object Service {ns}/{APP}-agave-service "
         "(left by the previous installer)",
     ]
-    done = asyncio.run(takeover.ensure_retired(k, release))
+    done = asyncio.run(retire.ensure_retired(k, release))
     assert [a.verb for a in done] == ["retire-object", "retire-object"]
 
     _eventually(lambda: _get(kube_api, f"{apps}/deployments/{OLD_AGAVE}") is None, "Deployment")
@@ -193,7 +193,7 @@ def test_a_retired_deployments_pod_gets_the_grace_period_and_no_successor(
     assert not kept["metadata"].get("deletionTimestamp")
 
     mark = kube_api.mark()
-    assert asyncio.run(takeover.ensure_retired(k, release)) == []
+    assert asyncio.run(retire.ensure_retired(k, release)) == []
     assert kube_api.writes_since(mark) == []
 
 
@@ -211,7 +211,7 @@ def test_objects_that_are_not_the_installers_stay(
         ("Service", f"{APP}-ingress-svc"),
         ("Ingress", f"{APP}-ingress"),  # absent: nothing to do
     )
-    planned = takeover.plan_retire(release, asyncio.run(takeover.observe_retire(k, release)))
+    planned = retire.plan_retire(release, asyncio.run(retire.observe_retire(k, release)))
     assert [(a.verb, a.target) for a in planned] == [
         ("keep-object", f"Service {ns}/{APP}-agave-service"),
         ("keep-object", f"Service {ns}/{APP}-ingress-svc"),
@@ -219,7 +219,7 @@ def test_objects_that_are_not_the_installers_stay(
     assert f"lacks the label app={APP}" in planned[0].detail
     assert f"Helm release {ns}/other owns it" in planned[1].detail
     mark = kube_api.mark()
-    assert asyncio.run(takeover.ensure_retired(k, release)) == planned
+    assert asyncio.run(retire.ensure_retired(k, release)) == planned
     assert kube_api.writes_since(mark) == []
 
 
@@ -239,12 +239,12 @@ def test_an_interrupted_retire_is_finished_from_the_orphans(
     _eventually(lambda: _get(kube_api, f"{apps}/deployments/{OLD_AGAVE}") is None, "Deployment")
     release = _retiring(ns, ("Deployment", OLD_AGAVE))
 
-    [leftover] = asyncio.run(takeover.observe_retire(k, release))
+    [leftover] = asyncio.run(retire.observe_retire(k, release))
     assert leftover.uid is None and len(leftover.replica_sets) == 1 and len(leftover.pods) == 1
-    assert [a.detail for a in takeover.plan_retire(release, [leftover])] == [
+    assert [a.detail for a in retire.plan_retire(release, [leftover])] == [
         f"the Deployment is already gone; 1 pod(s) stop with a {GRACE} s grace period"
     ]
-    asyncio.run(takeover.ensure_retired(k, release))
+    asyncio.run(retire.ensure_retired(k, release))
     pod = _get(kube_api, f"/api/v1/namespaces/{ns}/pods/{old['metadata']['name']}")
     assert pod is not None and pod["metadata"]["deletionGracePeriodSeconds"] == GRACE
     _eventually(lambda: not _old_replica_sets(kube_api, ns), "the ReplicaSet to go")
@@ -261,7 +261,7 @@ def test_the_old_workload_stays_until_the_release_has_its_own(
     release = _retiring(ns, ("Deployment", OLD_AGAVE))
     mark = kube_api.mark()
     with pytest.raises(ReleaseError, match="has no workload"):
-        asyncio.run(takeover.ensure_retired(k, release))
+        asyncio.run(retire.ensure_retired(k, release))
     assert kube_api.writes_since(mark) == []
     pod = _get(kube_api, f"/api/v1/namespaces/{ns}/pods/{old['metadata']['name']}")
     assert pod is not None and not pod["metadata"].get("deletionTimestamp")
@@ -480,4 +480,4 @@ def test_first_deploy_takes_a_laconic_so_cluster_over(
 
 async def _release_workloads(api: KubeAPI, ns: str) -> list[dict[str, Any]]:
     k = kube.Kube.connect(api.kubeconfig, api.context)
-    return await takeover.release_workloads(k, "agave", ns)
+    return await retire.release_workloads(k, "agave", ns)

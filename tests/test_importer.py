@@ -1,4 +1,4 @@
-"""migrate: a laconic-so deployment dir becomes a spec and values that load, render and keep the
+"""importer: a laconic-so deployment dir becomes a spec and values that load, render and keep the
 node's data, identity, cluster and Caddy names; whatever has no equivalent is reported."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from laconic_helm import cluster, migrate
+from laconic_helm import cluster, importer
 from laconic_helm.cli import main
 from laconic_helm.errors import EXIT_BAD_INPUT, UserError
 from laconic_helm.spec import Retire, Spec, data_dir, load_spec
@@ -30,7 +30,7 @@ APP = CLUSTER
 def set_env(deployment: Path, **values: str) -> None:
     """Sets (or, with an empty value, removes) variables of the staged config.env."""
     path = deployment / "config.env"
-    env = migrate.parse_env_file(path.read_text(), str(path))
+    env = importer.parse_env_file(path.read_text(), str(path))
     for key, value in values.items():
         if value:
             env[key] = value
@@ -62,7 +62,7 @@ def imported(tmp_path: Path, deployment: Path | None = None) -> tuple[Path, dict
     return out, report
 
 
-def values(out: Path, name: str = migrate.AGAVE_VALUES) -> dict[str, Any]:
+def values(out: Path, name: str = importer.AGAVE_VALUES) -> dict[str, Any]:
     return yaml.safe_load((out / name).read_text())
 
 
@@ -77,7 +77,7 @@ def findings(report: dict[str, Any], kind: str) -> list[str]:
 def test_spec_loads_and_names_laconic_sos_cluster_as_created(tmp_path: Path) -> None:
     deployment = stage(tmp_path)
     out, _ = imported(tmp_path, deployment)
-    spec = load_spec(out / migrate.SPEC_FILE)
+    spec = load_spec(out / importer.SPEC_FILE)
     assert spec.cluster.name == CLUSTER
     assert spec.cluster.provider == "kind"
     kind_config = yaml.safe_load((deployment / "kind-config.yml").read_text())
@@ -127,7 +127,7 @@ def laconic_so_cluster(deployment: Path) -> cluster.ClusterState:
 def test_the_next_deploy_adopts_the_cluster_as_it_is(tmp_path: Path) -> None:
     deployment = stage(tmp_path)
     out, _ = imported(tmp_path, deployment)
-    spec = load_spec(out / migrate.SPEC_FILE)
+    spec = load_spec(out / importer.SPEC_FILE)
     state = laconic_so_cluster(deployment)
     assert cluster.differences(spec.cluster, state) == []
     planned = cluster.plan_cluster(spec.cluster, state, adopt=True)
@@ -139,7 +139,7 @@ def test_releases_are_caddy_with_laconic_names_then_agave_in_the_app_namespace(
     tmp_path: Path,
 ) -> None:
     out, _ = imported(tmp_path)
-    spec = load_spec(out / migrate.SPEC_FILE)
+    spec = load_spec(out / importer.SPEC_FILE)
     caddy, agave = spec.releases
     assert (caddy.name, caddy.namespace) == ("caddy-ingress", "caddy-system")
     assert (agave.name, agave.namespace) == ("agave", NAMESPACE)
@@ -150,7 +150,7 @@ def test_releases_are_caddy_with_laconic_names_then_agave_in_the_app_namespace(
     ]
     shipped = data_dir("values") / "caddy-ingress" / "laconic-so-adopt.yaml"
     assert yaml.safe_load(caddy.values_files[1].read_text()) == yaml.safe_load(shipped.read_text())
-    raw = yaml.safe_load((out / migrate.SPEC_FILE).read_text())
+    raw = yaml.safe_load((out / importer.SPEC_FILE).read_text())
     for release in raw["releases"]:  # relative, so the output folder can move
         assert all(not Path(f).is_absolute() for f in release["valuesFiles"])
     assert spec.images == ("laconicnetwork/agave:local",)
@@ -162,10 +162,10 @@ def test_identity_is_a_secret_made_from_the_file_never_its_bytes(tmp_path: Path)
     deployment = stage(tmp_path)
     identity = deployment / "data" / "validator-config" / "validator-identity.json"
     out, report = imported(tmp_path, deployment)
-    agave = load_spec(out / migrate.SPEC_FILE).releases[1]
+    agave = load_spec(out / importer.SPEC_FILE).releases[1]
     assert [(s.name, s.files) for s in agave.secrets] == [
         ("agave-identity", {"identity.json": identity}),
-        ("agave-metrics", {"config": out / migrate.METRICS_FILE}),
+        ("agave-metrics", {"config": out / importer.METRICS_FILE}),
     ]
     assert values(out)["identity"] == {
         "existingSecret": "agave-identity",
@@ -224,11 +224,11 @@ def test_agave_config_becomes_chart_values(tmp_path: Path) -> None:
     # The metrics config holds a password: a Secret from a private file, never a value.
     assert all(e["name"] != "SOLANA_METRICS_CONFIG" for e in v["env"])
     assert v["metrics"] == {"existingSecret": "agave-metrics", "secretKey": "config"}
-    config = out / migrate.METRICS_FILE
+    config = out / importer.METRICS_FILE
     assert config.read_text() == "host=http://localhost:8086,db=agave_metrics,u=admin,p=admin"
     assert config.stat().st_mode & 0o777 == 0o600
     assert all("p=admin" not in f.read_text() for f in out.iterdir() if f != config)
-    release = next(r for r in load_spec(out / migrate.SPEC_FILE).releases if r.name == "agave")
+    release = next(r for r in load_spec(out / importer.SPEC_FILE).releases if r.name == "agave")
     assert {s.name: s.files for s in release.secrets}["agave-metrics"] == {"config": config}
 
 
@@ -238,7 +238,7 @@ def test_data_volumes_are_the_same_host_folders_seen_through_the_node_mounts(
 ) -> None:
     deployment = stage(tmp_path)
     out, _ = imported(tmp_path, deployment)
-    spec = load_spec(out / migrate.SPEC_FILE)
+    spec = load_spec(out / importer.SPEC_FILE)
     laconic = yaml.safe_load((deployment / "spec.yml").read_text())["volumes"]
     mounts = sorted(spec.cluster.mounts, key=lambda m: len(m.container_path), reverse=True)
 
@@ -283,7 +283,7 @@ def test_websocket_on_its_own_host_keeps_that_host(tmp_path: Path) -> None:
 @pytest.mark.unit
 def test_caddy_values_keep_acme_email_and_the_certificate_backup(tmp_path: Path) -> None:
     out, report = imported(tmp_path)
-    assert values(out, migrate.CADDY_VALUES) == {
+    assert values(out, importer.CADDY_VALUES) == {
         "acme": {"email": "ops@biscayne.example.org"},
         "certBackup": {"enabled": True, "hostPath": "/mnt/caddy-cert-backup"},
     }
@@ -296,13 +296,13 @@ def test_a_pinned_caddy_image_is_kept(tmp_path: Path) -> None:
     edit_yaml(
         deployment / "spec.yml",
         lambda d: d.update(
-            {"caddy-ingress-image": f"{migrate.LACONIC_CADDY_REPOSITORY}:v0.2.1-acme"}
+            {"caddy-ingress-image": f"{importer.LACONIC_CADDY_REPOSITORY}:v0.2.1-acme"}
         ),
     )
     out, _ = imported(tmp_path, deployment)
-    assert values(out, migrate.CADDY_VALUES)["image"] == {
+    assert values(out, importer.CADDY_VALUES)["image"] == {
         "variant": "laconic",
-        "repository": migrate.LACONIC_CADDY_REPOSITORY,
+        "repository": importer.LACONIC_CADDY_REPOSITORY,
         "tag": "v0.2.1-acme",
     }
 
@@ -326,7 +326,7 @@ def test_validator_mode_maps_the_vote_account_keypair(tmp_path: Path) -> None:
     v = values(out)
     assert v["mode"] == "validator"
     assert v["vote"] == {"existingSecret": "agave-vote", "secretKey": "vote-account.json"}
-    secrets = {s.name: s.files for s in load_spec(out / migrate.SPEC_FILE).releases[1].secrets}
+    secrets = {s.name: s.files for s in load_spec(out / importer.SPEC_FILE).releases[1].secrets}
     assert secrets["agave-vote"] == {"vote-account.json": vote}
     assert "log" not in v["flags"] and "private-rpc" not in v["flags"]
     assert v["flags"]["relayer-url"] == "http://r:1"
@@ -377,7 +377,7 @@ def test_report_lists_what_has_no_equivalent_in_the_file_and_the_output(tmp_path
         for f in ignored
     )
     assert any(f.startswith("config.env: NODE_NAME") for f in ignored)
-    on_disk = yaml.safe_load((out / migrate.REPORT_FILE).read_text())
+    on_disk = yaml.safe_load((out / importer.REPORT_FILE).read_text())
     assert on_disk["findings"] == report["findings"]
     assert on_disk["next"] == report["next"]
 
@@ -432,10 +432,10 @@ def test_takeover_names_the_laconic_so_objects_to_adopt_remove_and_keep(tmp_path
 def test_the_spec_retires_the_takeovers_removals_and_never_data(tmp_path: Path) -> None:
     out, report = imported(tmp_path)
     t = report["takeover"]
-    caddy, agave = load_spec(out / migrate.SPEC_FILE).releases
+    caddy, agave = load_spec(out / importer.SPEC_FILE).releases
     assert agave.retire is not None and caddy.retire is not None
     assert agave.retire.selector == t["appSelector"] == f"app={APP}"
-    assert agave.retire.grace_period_seconds == migrate.OLD_NODE_GRACE
+    assert agave.retire.grace_period_seconds == importer.OLD_NODE_GRACE
 
     def listed(retire: Retire) -> list[tuple[str, str, str | None]]:
         return [(o.kind, o.name, o.namespace) for o in retire.objects]
@@ -461,7 +461,7 @@ def test_laconic_sos_ingress_stays_when_the_node_has_no_routes(tmp_path: Path) -
         lambda d: d["network"].update({"http-proxy": d["network"]["http-proxy"][1:]}),
     )
     out, _ = imported(tmp_path, deployment)
-    agave = load_spec(out / migrate.SPEC_FILE).releases[1]
+    agave = load_spec(out / importer.SPEC_FILE).releases[1]
     assert agave.retire is not None
     assert "Ingress" not in {o.kind for o in agave.retire.objects}
     assert ("Deployment", f"{APP}-agave-deployment") in {
@@ -503,11 +503,11 @@ def test_a_volume_without_host_path_keeps_laconic_sos_claim(tmp_path: Path) -> N
 def test_only_a_test_node_makes_the_deploy_wait_for_readiness(tmp_path: Path) -> None:
     deployment = stage(tmp_path)
     out, _ = imported(tmp_path, deployment)
-    assert load_spec(out / migrate.SPEC_FILE).releases[1].wait is False
+    assert load_spec(out / importer.SPEC_FILE).releases[1].wait is False
     set_env(deployment, AGAVE_MODE="test")
     code, _, _ = run_import(deployment, out, "--force")
     assert code == 0
-    spec = load_spec(out / migrate.SPEC_FILE)
+    spec = load_spec(out / importer.SPEC_FILE)
     assert spec.releases[1].wait is True
     # No keypair in test mode; the metrics config stays a Secret in every mode.
     assert [s.name for s in spec.releases[1].secrets] == ["agave-metrics"]
@@ -516,7 +516,7 @@ def test_only_a_test_node_makes_the_deploy_wait_for_readiness(tmp_path: Path) ->
 @pytest.mark.unit
 def test_output_tells_the_next_commands_with_adopt_cluster(tmp_path: Path) -> None:
     out, report = imported(tmp_path)
-    spec = out / migrate.SPEC_FILE
+    spec = out / importer.SPEC_FILE
     assert report["next"] == [
         f"laconic-helm plan --spec {spec} --adopt-cluster",
         f"laconic-helm deploy --spec {spec} --adopt-cluster",
@@ -627,13 +627,13 @@ def test_import_reads_only(tmp_path: Path) -> None:
 
 @pytest.mark.unit
 def test_environment_expansion_follows_laconic_so() -> None:
-    service = migrate.Service(
+    service = importer.Service(
         "s",
         "p",
         "compose/x.yml",
         {"environment": {"A": "${A:-one}", "B": "${B-two}", "C": "${C}", "D": "x${A}", "E": ""}},
     )
-    assert migrate.service_env(service, {"B": "", "F": "f"}) == {
+    assert importer.service_env(service, {"B": "", "F": "f"}) == {
         "A": "one",
         "D": "x${A}",
         "F": "f",
@@ -643,11 +643,11 @@ def test_environment_expansion_follows_laconic_so() -> None:
 @pytest.mark.unit
 def test_build_import_writes_nothing(tmp_path: Path) -> None:
     deployment = stage(tmp_path)
-    result = migrate.build_import(deployment, tmp_path / "out")
+    result = importer.build_import(deployment, tmp_path / "out")
     assert not (tmp_path / "out").exists()
-    assert set(result.files) >= {migrate.SPEC_FILE, migrate.AGAVE_VALUES, migrate.REPORT_FILE}
+    assert set(result.files) >= {importer.SPEC_FILE, importer.AGAVE_VALUES, importer.REPORT_FILE}
     with pytest.raises(UserError):
-        migrate.build_import(tmp_path / "nowhere", tmp_path / "out")
+        importer.build_import(tmp_path / "nowhere", tmp_path / "out")
 
 
 # -- rendering with the charts ----------------------------------------------------------------
@@ -700,7 +700,7 @@ def test_imported_values_pass_the_schemas_and_render(
     helm_bin: str, tmp_path: Path, variant: str
 ) -> None:
     out, _ = imported(tmp_path, _variant(tmp_path, variant))
-    spec = load_spec(out / migrate.SPEC_FILE)
+    spec = load_spec(out / importer.SPEC_FILE)
     for index, release in enumerate(spec.releases):
         chart = Path(release.chart)
         assert chart.parent == CHARTS or chart.parent.name == "charts"
