@@ -4,7 +4,6 @@ admission in namespaces that enforce `restricted` or `baseline`."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -16,7 +15,9 @@ from tests.charts_support import (
     NAMESPACE,
     Scenario,
     all_scenarios,
-    ci_scenarios,
+    ci_by_name,
+    enforce_pod_security,
+    helm4,
     of_kind,
     one,
     pod_spec,
@@ -37,7 +38,7 @@ FULLNAME = f"rel-{CHART}"
 RELEASE = "sec"
 DEFAULTS = Scenario(CHART, ())
 SCENARIOS = all_scenarios(CHART)
-CI = {s.files[0].stem: s for s in ci_scenarios(CHART)}
+CI = ci_by_name(CHART)
 # The restore and backup containers may run as root (documented, certBackup.securityContext)
 # only because they write a host folder the kubelet creates as root.
 HOST_FOLDER_WRITERS = {"cert-restore", "cert-backup"}
@@ -340,20 +341,6 @@ def test_every_container_has_requests_and_a_memory_limit(helm_bin: str, scenario
 # --- Pod Security admission of the real API server ----------------------------------------------
 
 
-def enforce(api: KubeAPI, namespace: str, level: str) -> None:
-    """Makes the namespace enforce a Pod Security level (pod admission refuses the rest)."""
-    api.harness.patch(
-        f"/api/v1/namespaces/{namespace}",
-        {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": level}}},
-    )
-
-
-def helm4() -> str:
-    helm = shutil.which("helm")
-    assert helm is not None
-    return helm
-
-
 def violations(reason: str) -> set[str]:
     """The Pod Security checks a refusal names: `violates PodSecurity "L": a (..), b (..)`."""
     assert "violates PodSecurity" in reason, reason
@@ -389,7 +376,7 @@ NO_HOST_ACCESS = [CI["cluster-values"], CI["loadbalancer-values"], CI["ha-metric
 def test_restricted_namespace_admits_every_pod_without_host_access(
     kube_api: KubeAPI, namespace: str, kubelet: Kubelet | None, scenario: Scenario
 ) -> None:
-    enforce(kube_api, namespace, "restricted")
+    enforce_pod_security(kube_api, namespace, "restricted")
     try:
         assert install_and_admit(kube_api, namespace, scenario) == []
         pods = kube_api.harness.get(f"/api/v1/namespaces/{namespace}/pods")["items"]
@@ -429,7 +416,7 @@ def test_restricted_namespace_admits_every_pod_without_host_access(
 def test_host_access_breaks_only_the_documented_rules(
     kube_api: KubeAPI, namespace: str, scenario: Scenario, level: str, broken: set[str]
 ) -> None:
-    enforce(kube_api, namespace, level)
+    enforce_pod_security(kube_api, namespace, level)
     try:
         refused = install_and_admit(kube_api, namespace, scenario)
         assert len(refused) == 1, refused
@@ -444,7 +431,7 @@ def test_a_root_controller_is_refused_in_a_restricted_namespace(
 ) -> None:
     # The negative control: the same install with the controller as it ran before (root, an
     # added capability, privilege escalation, no seccomp profile) never gets a pod.
-    enforce(kube_api, namespace, "restricted")
+    enforce_pod_security(kube_api, namespace, "restricted")
     try:
         refused = install_and_admit(kube_api, namespace, DEFAULTS, *ROOT_CONTROLLER)
         assert len(refused) == 1, refused
