@@ -23,10 +23,10 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.harness import deployment as dep
+from tests.harness import deployment_under_test as dep
 from tests.harness import nodes
 from tests.harness.api import KubeAPI
-from tests.harness.fixtures import KindCLI
+from tests.harness.pytest_fixtures import KindCLI
 
 pytestmark = [pytest.mark.docker, pytest.mark.apiserver]
 

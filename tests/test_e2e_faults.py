@@ -27,7 +27,7 @@ import yaml
 
 from laconic_helm import images as image_loader
 from laconic_helm import releases
-from tests.harness import deployment as dep
+from tests.harness import deployment_under_test as dep
 from tests.harness import e2e, endstate, laconic_so, nodes, realkind
 from tests.harness import injection as inj
 from tests.harness.client import Client

@@ -37,13 +37,13 @@ import yaml
 from laconic_helm import images as image_loader
 from laconic_helm import releases
 from tests.conftest import helm_binary
-from tests.harness import deployment as dep
+from tests.harness import deployment_under_test as dep
 from tests.harness import endstate, nodes, standin
 from tests.harness import injection as inj
 from tests.harness.api import KubeAPI
 from tests.harness.client import Client
-from tests.harness.fixtures import KindCLI
 from tests.harness.kubelet import Kubelet
+from tests.harness.pytest_fixtures import KindCLI
 
 pytestmark = [pytest.mark.faults, pytest.mark.docker, pytest.mark.apiserver]
 

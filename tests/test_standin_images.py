@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.harness.deployment import base58
+from tests.harness.deployment_under_test import base58
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

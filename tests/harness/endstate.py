@@ -14,7 +14,7 @@ import yaml
 from laconic_helm import images as image_loader
 from laconic_helm import releases
 from laconic_helm import spec as spec_model
-from tests.harness.deployment import ObjectKey
+from tests.harness.deployment_under_test import ObjectKey
 
 PLURALS = {
     "Namespace": "namespaces", "ServiceAccount": "serviceaccounts", "ConfigMap": "configmaps",

@@ -28,7 +28,7 @@ import yaml
 from tests.harness import nodes
 from tests.harness.client import ApiError, Client, Credentials
 
-LACONIC_SO = Path(__file__).resolve().parents[1] / "fixtures" / "laconic-so"
+LACONIC_SO = Path(__file__).resolve().parents[1] / "data" / "laconic-so"
 FIXTURE = LACONIC_SO / "agave"
 MANIFESTS = LACONIC_SO / "caddy"  # laconic-so's Caddy objects, one YAML file per part
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import deployment as dep
+from tests.harness import deployment_under_test as dep
 from tests.harness import standin
 from tests.harness.api import KubeAPI
-from tests.harness.fixtures import KindCLI
 from tests.harness.kubelet import Kubelet
+from tests.harness.pytest_fixtures import KindCLI
 
 
 @dataclass

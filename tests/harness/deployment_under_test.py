@@ -31,8 +31,8 @@ import yaml
 from tests.harness import imagebuild, nodes, standin
 from tests.harness.api import KubeAPI
 from tests.harness.client import ApiError, Client
-from tests.harness.fixtures import STANDIN_BIN, KindCLI, _owned_clusters
 from tests.harness.kubelet import Kubelet
+from tests.harness.pytest_fixtures import STANDIN_BIN, KindCLI, _owned_clusters
 
 REPO = Path(__file__).resolve().parents[2]
 
