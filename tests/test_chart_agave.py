@@ -27,6 +27,7 @@ from tests.charts_support import (
     render_error,
     workload,
 )
+from tests.harness.loopback import serving
 
 if TYPE_CHECKING:
     pass
@@ -435,11 +436,8 @@ class FakeRpc(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def rpc_server() -> Iterator[ThreadingHTTPServer]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeRpc)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
+    with serving(FakeRpc) as server:
+        yield server
     server.server_close()
 
 

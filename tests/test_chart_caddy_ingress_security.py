@@ -13,6 +13,7 @@ import pytest
 
 from tests.charts_support import (
     NAMESPACE,
+    Doc,
     Scenario,
     all_scenarios,
     ci_by_name,
@@ -57,7 +58,7 @@ ROOT_CONTROLLER = (
     "securityContext.capabilities.add[0]=NET_BIND_SERVICE",
 )
 
-Doc = dict[str, Any]
+pytestmark = pytest.mark.helm  # the admission tests install with Helm 4 too
 
 
 def pod_specs(docs: list[Doc]) -> Iterator[Doc]:
@@ -88,7 +89,6 @@ def matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
 # --- rendering: every scenario, both helm majors ------------------------------------------------
 
 
-@pytest.mark.helm
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.id)
 def test_every_container_meets_the_restricted_container_rules(
     helm_bin: str, scenario: Scenario
@@ -114,7 +114,6 @@ def test_every_container_meets_the_restricted_container_rules(
     assert pod_spec(docs)["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
 
 
-@pytest.mark.helm
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.id)
 def test_controller_binds_its_ports_without_any_capability(
     helm_bin: str, scenario: Scenario
@@ -138,7 +137,6 @@ def test_controller_binds_its_ports_without_any_capability(
     assert (env["XDG_DATA_HOME"], env["XDG_CONFIG_HOME"]) == ("/data", "/config")
 
 
-@pytest.mark.helm
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.id)
 def test_no_secret_or_lease_is_writable_cluster_wide(helm_bin: str, scenario: Scenario) -> None:
     docs = render(helm_bin, scenario)
@@ -158,7 +156,6 @@ def test_no_secret_or_lease_is_writable_cluster_wide(helm_bin: str, scenario: Sc
     assert binding["subjects"][0]["name"] == pod_spec(docs)["serviceAccountName"]
 
 
-@pytest.mark.helm
 def test_a_watched_namespace_keeps_tls_secret_reads_there(helm_bin: str) -> None:
     everywhere = render(helm_bin, DEFAULTS)
     reads = [r for r in one(everywhere, "ClusterRole")["rules"] if "secrets" in r["resources"]]
@@ -172,7 +169,6 @@ def test_a_watched_namespace_keeps_tls_secret_reads_there(helm_bin: str) -> None
     assert binding["subjects"][0]["namespace"] == NAMESPACE
 
 
-@pytest.mark.helm
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.id)
 def test_budget_and_spread_come_with_more_than_one_replica(
     helm_bin: str, scenario: Scenario
@@ -198,7 +194,6 @@ def test_budget_and_spread_come_with_more_than_one_replica(
         assert "podAntiAffinity" not in pod.get("affinity", {})
 
 
-@pytest.mark.helm
 def test_budget_and_spread_can_be_set_or_switched_off(helm_bin: str) -> None:
     two = ("kind.enabled=false", "replicaCount=2")
     assert not of_kind(
@@ -231,7 +226,6 @@ def test_budget_and_spread_can_be_set_or_switched_off(helm_bin: str) -> None:
     assert "affinity" not in off and "topologySpreadConstraints" not in off
 
 
-@pytest.mark.helm
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.id)
 def test_metrics_are_scrapable_through_a_cluster_only_service(
     helm_bin: str, scenario: Scenario
@@ -252,7 +246,6 @@ def test_metrics_are_scrapable_through_a_cluster_only_service(
     assert {p["name"] for p in main["spec"]["ports"]} == {"http", "https"}
 
 
-@pytest.mark.helm
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.id)
 def test_controller_is_pointed_at_its_configmap_by_bare_name(
     helm_bin: str, scenario: Scenario
@@ -267,7 +260,6 @@ def test_controller_is_pointed_at_its_configmap_by_bare_name(
     assert config["data"]["metrics"] == "true"
 
 
-@pytest.mark.helm
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.id)
 def test_prometheus_objects_only_when_asked(helm_bin: str, scenario: Scenario) -> None:
     docs = render(helm_bin, scenario)
@@ -277,7 +269,6 @@ def test_prometheus_objects_only_when_asked(helm_bin: str, scenario: Scenario) -
     assert ("prometheus.io/scrape" in annotations) == asked
 
 
-@pytest.mark.helm
 def test_service_and_pod_monitors_point_at_the_metrics_endpoint(helm_bin: str) -> None:
     docs = render(
         helm_bin,
@@ -314,7 +305,6 @@ def test_service_and_pod_monitors_point_at_the_metrics_endpoint(helm_bin: str) -
     assert "metrics: true" in error
 
 
-@pytest.mark.helm
 def test_readiness_and_liveness_are_distinct_probes(helm_bin: str) -> None:
     controller = pod_spec(render(helm_bin, DEFAULTS))["containers"][0]
     ready, live = controller["readinessProbe"], controller["livenessProbe"]
@@ -328,7 +318,6 @@ def test_readiness_and_liveness_are_distinct_probes(helm_bin: str) -> None:
     assert live["timeoutSeconds"] > ready["timeoutSeconds"]
 
 
-@pytest.mark.helm
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.id)
 def test_every_container_has_requests_and_a_memory_limit(helm_bin: str, scenario: Scenario) -> None:
     for pod in pod_specs(render(helm_bin, scenario)):

@@ -23,6 +23,7 @@ from laconic_helm.helm import connect as helm_connect
 from laconic_helm.helm import live_helm_pids as helm_live_pids
 from laconic_helm.releases import DesiredRelease, ObservedObject, ReleaseState, Revision
 from tests.harness import laconic_so
+from tests.harness.client import collection_path
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -723,7 +724,7 @@ def _laconic_so_objects(world: World, role: str) -> None:
             obj["metadata"]["name"] = role
         else:
             continue
-        _create(world, laconic_so.create_path(obj), obj)
+        _create(world, collection_path(obj), obj)
 
 
 def _adopting_values(role: str) -> dict[str, Any]:

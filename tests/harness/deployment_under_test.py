@@ -15,7 +15,6 @@ import http.client
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,15 +31,10 @@ from tests.harness import imagebuild, nodes, standin
 from tests.harness.api import KubeAPI
 from tests.harness.client import ApiError, Client
 from tests.harness.kubelet import Kubelet
+from tests.harness.loopback import free_port
 from tests.harness.pytest_fixtures import STANDIN_BIN, KindCLI, _owned_clusters
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def build_image(ref: str, layers: Sequence[bytes], workdir: Path) -> str:
@@ -288,6 +282,29 @@ def make_files(folder: Path, seed: str) -> SpecFiles:
     (data / "ledger").mkdir(parents=True, exist_ok=True)
     (data / "ledger" / "genesis.bin").write_bytes(random_bytes(f"{seed}/genesis", 4096))
     return SpecFiles(keypair, data)
+
+
+@dataclass
+class Stage:
+    """What a suite deploys from: the kind stand-in, the name of a cluster on it (made by the
+    first deploy), the local images and files the spec names, and the spec itself."""
+
+    kind: KindCLI
+    cluster: str
+    images: Images
+    files: SpecFiles
+    doc: dict[str, Any]
+
+
+@contextlib.contextmanager
+def staged(root: Path, name: str) -> Iterator[Stage]:
+    """A full spec of both releases for a new stand-in cluster named after `name` (which also
+    seeds its keypair), for a module or the session; the images and every cluster made
+    meanwhile are removed at the end."""
+    with chart_images() as images, standin_kind(root) as kind:
+        cluster = kind.new_name(name)
+        files = make_files(root / "files", name)
+        yield Stage(kind, cluster, images, files, full_spec(root, cluster, images, files))
 
 
 def ledger_volume(name: str) -> dict[str, Any]:

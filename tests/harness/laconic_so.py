@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from tests.harness import nodes
-from tests.harness.client import ApiError, Client, Credentials
+from tests.harness.client import ApiError, Client, Credentials, collection_path
 
 LACONIC_SO = Path(__file__).resolve().parents[1] / "data" / "laconic-so"
 FIXTURE = LACONIC_SO / "agave"
@@ -36,21 +36,6 @@ CADDY_NAMESPACE = "caddy-system"
 CADDY_NAME = "caddy-ingress-controller"
 MEMLOCK = "high-memlock"
 DEFAULT_STORAGE = "2147M"  # laconic-so's 2Gi default, as it renders it
-# The collection each kind of laconic-so's objects is created in.
-PLURALS = {
-    "Namespace": "namespaces",
-    "ServiceAccount": "serviceaccounts",
-    "ClusterRole": "clusterroles",
-    "ClusterRoleBinding": "clusterrolebindings",
-    "Role": "roles",
-    "RoleBinding": "rolebindings",
-    "ConfigMap": "configmaps",
-    "Secret": "secrets",
-    "Service": "services",
-    "Deployment": "deployments",
-    "CronJob": "cronjobs",
-    "IngressClass": "ingressclasses",
-}
 
 
 def manifests(name: str) -> list[dict[str, Any]]:
@@ -68,20 +53,10 @@ def caddy_manifests(email: str = "") -> list[dict[str, Any]]:
     return objects
 
 
-def create_path(obj: dict[str, Any]) -> str:
-    """The API path to POST `obj` to, from its apiVersion, kind and namespace."""
-    version = obj["apiVersion"]
-    base = f"/apis/{version}" if "/" in version else f"/api/{version}"
-    namespace = obj["metadata"].get("namespace")
-    if namespace:
-        base = f"{base}/namespaces/{namespace}"
-    return f"{base}/{PLURALS[obj['kind']]}"
-
-
 def create_all(client: Client, objects: list[dict[str, Any]]) -> None:
     """Creates `objects` in order, by create-only calls as laconic-so makes them."""
     for obj in objects:
-        client.create(create_path(obj), obj)
+        client.create(collection_path(obj), obj)
 
 
 # Every object laconic-so's Caddy install creates but its namespace, by kind and name.
@@ -530,12 +505,12 @@ class _Maker:
     def caddy(self) -> None:
         email = str((self.spec.get("network") or {}).get("acme-email") or "")
         for obj in caddy_manifests(email):
-            self.create(create_path(obj), obj)
+            self.create(collection_path(obj), obj)
         for obj in manifests("certificate"):
-            self.create(create_path(obj), obj, kept=True)
+            self.create(collection_path(obj), obj, kept=True)
         if self.spec.get("kind-mount-root"):
             for obj in manifests("cert-backup"):
-                self.create(create_path(obj), obj)
+                self.create(collection_path(obj), obj)
 
 
 def create_caddy(client: Client, deployment: Path) -> Seeded:
