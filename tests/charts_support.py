@@ -11,6 +11,7 @@ import functools
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -97,6 +98,11 @@ def overlay_scenarios(chart: str) -> list[Scenario]:
         Scenario(chart, tuple(folder / n for n in names)) for names in STACKED_OVERLAYS[chart]
     ]
     return single + stacked
+
+
+def ci_by_name(chart: str) -> dict[str, Scenario]:
+    """The chart's ci scenarios by file stem (`rpc-values`, `kind-values`, ...)."""
+    return {s.files[0].stem: s for s in ci_scenarios(chart)}
 
 
 def chart_scenarios(chart: str) -> list[Scenario]:
@@ -198,6 +204,11 @@ def pod_spec(docs: list[Doc]) -> Doc:
     return workload(docs)["spec"]["template"]["spec"]
 
 
+def pod_annotations(docs: list[Doc]) -> dict[str, str]:
+    """The annotations of the workload's pod template (what rolls the pod when it changes)."""
+    return workload(docs)["spec"]["template"]["metadata"]["annotations"]
+
+
 def containers(docs: list[Doc]) -> Iterator[Doc]:
     """Every container and init container of every pod template and pod in the documents."""
     for doc in docs:
@@ -228,6 +239,13 @@ def readme_commands(readme: Path, *, published: bool = False) -> list[list[str]]
                 if argv[4].startswith("oci://") == published:
                     commands.append(argv)
     return commands
+
+
+def helm4() -> str:
+    """The provisioned Helm 4, which installs server-side as operators' helm now does."""
+    helm = shutil.which("helm")
+    assert helm is not None
+    return helm
 
 
 def install(
@@ -281,6 +299,22 @@ def pods_admitted(api: KubeAPI, namespace: str, timeout: float = 60.0) -> list[s
         if time.monotonic() > deadline:
             return [f"no pods made within {timeout:.0f} s"]
         time.sleep(0.2)
+
+
+def enforce_pod_security(api: KubeAPI, namespace: str, level: str = "restricted") -> None:
+    """Labels the namespace so Pod Security admission enforces `level` (latest version) on its
+    pods; admission then refuses the pods, never the Deployment."""
+    api.harness.patch(
+        f"/api/v1/namespaces/{namespace}",
+        {
+            "metadata": {
+                "labels": {
+                    "pod-security.kubernetes.io/enforce": level,
+                    "pod-security.kubernetes.io/enforce-version": "latest",
+                }
+            }
+        },
+    )
 
 
 def ensure_runtime_class(api: KubeAPI, name: str = "high-memlock") -> None:

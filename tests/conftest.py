@@ -27,10 +27,14 @@ os.environ["PATH"] = f"{TOOLS_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
 HELM_BINARIES = {4: "helm", 3: "helm3"}
 AGAVE_PROGRAMS = ("agave-validator", "solana-test-validator")
 
-# kube_api, namespace, kubelet, kind_cli: see tests/harness/fixtures.py; deployed (a converged
-# deployment for the session): tests/harness/deployed.py; the fault-injection figures at the
-# end of a run: tests/harness/faultsummary.py.
-pytest_plugins = ["tests.harness.fixtures", "tests.harness.deployed", "tests.harness.faultsummary"]
+# kube_api, namespace, kubelet, kind_cli: tests/harness/pytest_fixtures.py; `deployed` (a
+# converged deployment for the session): tests/harness/session_deployment.py; the
+# fault-injection figures at the end of a run: tests/harness/faultsummary.py.
+pytest_plugins = [
+    "tests.harness.pytest_fixtures",
+    "tests.harness.session_deployment",
+    "tests.harness.faultsummary",
+]
 
 
 def _docker_answers() -> bool:

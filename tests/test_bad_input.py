@@ -23,10 +23,10 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.harness import deployment as dep
+from tests.harness import deployment_under_test as dep
 from tests.harness import nodes
 from tests.harness.api import KubeAPI
-from tests.harness.fixtures import KindCLI
+from tests.harness.pytest_fixtures import KindCLI
 
 pytestmark = [pytest.mark.docker, pytest.mark.apiserver]
 
@@ -52,17 +52,14 @@ class Target:
 @pytest.fixture(scope="module")
 def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     root = tmp_path_factory.mktemp("bad-input")
-    with dep.chart_images() as images, dep.standin_kind(root) as kind:
-        cluster = kind.new_name("bad")
-        files = dep.make_files(root / "files", "bad-input")
-        doc = dep.full_spec(root, cluster, images, files)
+    with dep.staged(root, "bad") as stage:
         empty = root / "empty"
         empty.mkdir()
-        bare = {**doc, "images": [], "releases": []}
-        made = dep.Deployment(dep.write_spec(empty, bare), cluster, {})
-        made.env = dep.driver_env(kind, root / "state", "helm")
+        bare = {**stage.doc, "images": [], "releases": []}
+        made = dep.Deployment(dep.write_spec(empty, bare), stage.cluster, {})
+        made.env = dep.driver_env(stage.kind, root / "state", "helm")
         assert made.run("deploy").code == 0
-        yield Target(kind, cluster, doc, kind.api(cluster), root)
+        yield Target(stage.kind, stage.cluster, stage.doc, stage.kind.api(stage.cluster), root)
 
 
 def refused(

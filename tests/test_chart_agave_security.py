@@ -20,8 +20,10 @@ from tests.charts_support import (
     Doc,
     Scenario,
     all_scenarios,
-    ci_scenarios,
+    ci_by_name,
     containers,
+    enforce_pod_security,
+    helm4,
     install,
     of_kind,
     pod_spec,
@@ -39,7 +41,7 @@ if TYPE_CHECKING:
 CHART = "agave"
 DEFAULTS = Scenario(CHART, ())
 SCENARIOS = all_scenarios(CHART)
-CI = {s.files[0].stem: s for s in ci_scenarios(CHART)}
+CI = ci_by_name(CHART)
 REAL_NODE = ("rpc", "validator")
 # The capabilities the chart adds in rpc/validator mode (IPC_LOCK, SYS_NICE) and with xdp.
 DOCUMENTED_CAPS = {"IPC_LOCK", "SYS_NICE", "NET_ADMIN", "NET_RAW"}
@@ -367,27 +369,6 @@ def test_metrics_config_in_values_is_warned_about_and_kept_out_of_notes() -> Non
 # --- Pod Security admission ------------------------------------------------------------------
 
 
-def restricted_namespace(api: KubeAPI, namespace: str) -> None:
-    """Labels the namespace so Pod Security admission enforces `restricted` on its pods."""
-    api.harness.patch(
-        f"/api/v1/namespaces/{namespace}",
-        {
-            "metadata": {
-                "labels": {
-                    "pod-security.kubernetes.io/enforce": "restricted",
-                    "pod-security.kubernetes.io/enforce-version": "latest",
-                }
-            }
-        },
-    )
-
-
-def helm4() -> str:
-    helm = shutil.which("helm")
-    assert helm is not None
-    return helm
-
-
 def helm_test_pod(scenario: Scenario, namespace: str) -> Doc:
     """The `helm test` pod the scenario renders, placed in `namespace`."""
     (pod,) = of_kind(render(helm4(), scenario, namespace=namespace), "Pod")
@@ -404,7 +385,7 @@ def test_restricted_namespace_admits_the_test_node_and_its_test_pod(
 ) -> None:
     """With the node's seccomp at RuntimeDefault (an image without agave 4's io_uring, as the
     stand-in is), a test-mode release is admitted under `restricted`."""
-    restricted_namespace(kube_api, namespace)
+    enforce_pod_security(kube_api, namespace)
     runtime_default = tmp_path / "seccomp-values.yaml"
     runtime_default.write_text("seccompProfile: RuntimeDefault\n")
     scenario = Scenario(CHART, (*scenario.files, runtime_default))
@@ -427,7 +408,7 @@ def test_restricted_namespace_refuses_a_root_node(
 ) -> None:
     """The negative control: the same chart with the node as root is refused by the same
     admission, so the test above can fail."""
-    restricted_namespace(kube_api, namespace)
+    enforce_pod_security(kube_api, namespace)
     as_root = tmp_path / "root-values.yaml"
     as_root.write_text("nodeUser:\n  root: always\n")
     scenario = Scenario(CHART, (*CI["test-values"].files, as_root))
@@ -448,7 +429,7 @@ def test_the_test_node_serves_as_its_own_uid_in_a_restricted_namespace(
 ) -> None:
     """Admission is not enough: the non-root node must also write its ledger (the stand-in
     makes its admin socket there) and serve (`--wait` waits for readiness: getHealth "ok")."""
-    restricted_namespace(kube_api, namespace)
+    enforce_pod_security(kube_api, namespace)
     images = realkind.test_images()
     node_repo, _, node_tag = images["agave"].rpartition(":")
     values = {

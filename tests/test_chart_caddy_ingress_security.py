@@ -4,7 +4,6 @@ admission in namespaces that enforce `restricted` or `baseline`."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -14,9 +13,12 @@ import pytest
 
 from tests.charts_support import (
     NAMESPACE,
+    Doc,
     Scenario,
     all_scenarios,
-    ci_scenarios,
+    ci_by_name,
+    enforce_pod_security,
+    helm4,
     of_kind,
     one,
     pod_spec,
@@ -37,7 +39,7 @@ FULLNAME = f"rel-{CHART}"
 RELEASE = "sec"
 DEFAULTS = Scenario(CHART, ())
 SCENARIOS = all_scenarios(CHART)
-CI = {s.files[0].stem: s for s in ci_scenarios(CHART)}
+CI = ci_by_name(CHART)
 # The restore and backup containers may run as root (documented, certBackup.securityContext)
 # only because they write a host folder the kubelet creates as root.
 HOST_FOLDER_WRITERS = {"cert-restore", "cert-backup"}
@@ -56,7 +58,7 @@ ROOT_CONTROLLER = (
     "securityContext.capabilities.add[0]=NET_BIND_SERVICE",
 )
 
-Doc = dict[str, Any]
+pytestmark = pytest.mark.helm  # the admission tests install with Helm 4 too
 
 
 def pod_specs(docs: list[Doc]) -> Iterator[Doc]:
@@ -87,7 +89,6 @@ def matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
 # --- rendering: every scenario, both helm majors ------------------------------------------------
 
 
-@pytest.mark.helm
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.id)
 def test_every_container_meets_the_restricted_container_rules(
     helm_bin: str, scenario: Scenario
@@ -113,7 +114,6 @@ def test_every_container_meets_the_restricted_container_rules(
     assert pod_spec(docs)["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
 
 
-@pytest.mark.helm
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.id)
 def test_controller_binds_its_ports_without_any_capability(
     helm_bin: str, scenario: Scenario
@@ -137,7 +137,6 @@ def test_controller_binds_its_ports_without_any_capability(
     assert (env["XDG_DATA_HOME"], env["XDG_CONFIG_HOME"]) == ("/data", "/config")
 
 
-@pytest.mark.helm
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.id)
 def test_no_secret_or_lease_is_writable_cluster_wide(helm_bin: str, scenario: Scenario) -> None:
     docs = render(helm_bin, scenario)
@@ -157,7 +156,6 @@ def test_no_secret_or_lease_is_writable_cluster_wide(helm_bin: str, scenario: Sc
     assert binding["subjects"][0]["name"] == pod_spec(docs)["serviceAccountName"]
 
 
-@pytest.mark.helm
 def test_a_watched_namespace_keeps_tls_secret_reads_there(helm_bin: str) -> None:
     everywhere = render(helm_bin, DEFAULTS)
     reads = [r for r in one(everywhere, "ClusterRole")["rules"] if "secrets" in r["resources"]]
@@ -171,7 +169,6 @@ def test_a_watched_namespace_keeps_tls_secret_reads_there(helm_bin: str) -> None
     assert binding["subjects"][0]["namespace"] == NAMESPACE
 
 
-@pytest.mark.helm
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.id)
 def test_budget_and_spread_come_with_more_than_one_replica(
     helm_bin: str, scenario: Scenario
@@ -197,7 +194,6 @@ def test_budget_and_spread_come_with_more_than_one_replica(
         assert "podAntiAffinity" not in pod.get("affinity", {})
 
 
-@pytest.mark.helm
 def test_budget_and_spread_can_be_set_or_switched_off(helm_bin: str) -> None:
     two = ("kind.enabled=false", "replicaCount=2")
     assert not of_kind(
@@ -230,7 +226,6 @@ def test_budget_and_spread_can_be_set_or_switched_off(helm_bin: str) -> None:
     assert "affinity" not in off and "topologySpreadConstraints" not in off
 
 
-@pytest.mark.helm
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.id)
 def test_metrics_are_scrapable_through_a_cluster_only_service(
     helm_bin: str, scenario: Scenario
@@ -251,7 +246,6 @@ def test_metrics_are_scrapable_through_a_cluster_only_service(
     assert {p["name"] for p in main["spec"]["ports"]} == {"http", "https"}
 
 
-@pytest.mark.helm
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.id)
 def test_controller_is_pointed_at_its_configmap_by_bare_name(
     helm_bin: str, scenario: Scenario
@@ -266,7 +260,6 @@ def test_controller_is_pointed_at_its_configmap_by_bare_name(
     assert config["data"]["metrics"] == "true"
 
 
-@pytest.mark.helm
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.id)
 def test_prometheus_objects_only_when_asked(helm_bin: str, scenario: Scenario) -> None:
     docs = render(helm_bin, scenario)
@@ -276,7 +269,6 @@ def test_prometheus_objects_only_when_asked(helm_bin: str, scenario: Scenario) -
     assert ("prometheus.io/scrape" in annotations) == asked
 
 
-@pytest.mark.helm
 def test_service_and_pod_monitors_point_at_the_metrics_endpoint(helm_bin: str) -> None:
     docs = render(
         helm_bin,
@@ -313,7 +305,6 @@ def test_service_and_pod_monitors_point_at_the_metrics_endpoint(helm_bin: str) -
     assert "metrics: true" in error
 
 
-@pytest.mark.helm
 def test_readiness_and_liveness_are_distinct_probes(helm_bin: str) -> None:
     controller = pod_spec(render(helm_bin, DEFAULTS))["containers"][0]
     ready, live = controller["readinessProbe"], controller["livenessProbe"]
@@ -327,7 +318,6 @@ def test_readiness_and_liveness_are_distinct_probes(helm_bin: str) -> None:
     assert live["timeoutSeconds"] > ready["timeoutSeconds"]
 
 
-@pytest.mark.helm
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.id)
 def test_every_container_has_requests_and_a_memory_limit(helm_bin: str, scenario: Scenario) -> None:
     for pod in pod_specs(render(helm_bin, scenario)):
@@ -338,20 +328,6 @@ def test_every_container_has_requests_and_a_memory_limit(helm_bin: str, scenario
 
 
 # --- Pod Security admission of the real API server ----------------------------------------------
-
-
-def enforce(api: KubeAPI, namespace: str, level: str) -> None:
-    """Makes the namespace enforce a Pod Security level (pod admission refuses the rest)."""
-    api.harness.patch(
-        f"/api/v1/namespaces/{namespace}",
-        {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": level}}},
-    )
-
-
-def helm4() -> str:
-    helm = shutil.which("helm")
-    assert helm is not None
-    return helm
 
 
 def violations(reason: str) -> set[str]:
@@ -389,7 +365,7 @@ NO_HOST_ACCESS = [CI["cluster-values"], CI["loadbalancer-values"], CI["ha-metric
 def test_restricted_namespace_admits_every_pod_without_host_access(
     kube_api: KubeAPI, namespace: str, kubelet: Kubelet | None, scenario: Scenario
 ) -> None:
-    enforce(kube_api, namespace, "restricted")
+    enforce_pod_security(kube_api, namespace, "restricted")
     try:
         assert install_and_admit(kube_api, namespace, scenario) == []
         pods = kube_api.harness.get(f"/api/v1/namespaces/{namespace}/pods")["items"]
@@ -429,7 +405,7 @@ def test_restricted_namespace_admits_every_pod_without_host_access(
 def test_host_access_breaks_only_the_documented_rules(
     kube_api: KubeAPI, namespace: str, scenario: Scenario, level: str, broken: set[str]
 ) -> None:
-    enforce(kube_api, namespace, level)
+    enforce_pod_security(kube_api, namespace, level)
     try:
         refused = install_and_admit(kube_api, namespace, scenario)
         assert len(refused) == 1, refused
@@ -444,7 +420,7 @@ def test_a_root_controller_is_refused_in_a_restricted_namespace(
 ) -> None:
     # The negative control: the same install with the controller as it ran before (root, an
     # added capability, privilege escalation, no seccomp profile) never gets a pod.
-    enforce(kube_api, namespace, "restricted")
+    enforce_pod_security(kube_api, namespace, "restricted")
     try:
         refused = install_and_admit(kube_api, namespace, DEFAULTS, *ROOT_CONTROLLER)
         assert len(refused) == 1, refused

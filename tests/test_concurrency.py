@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.harness import deployment as dep
-from tests.harness.deployed import Deployed
+from tests.harness import deployment_under_test as dep
+from tests.harness.session_deployment import Deployed
 
 pytestmark = [pytest.mark.docker, pytest.mark.apiserver]
 

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.harness import deployment as d
+from tests.harness import deployment_under_test as d
 from tests.harness import nodes
-from tests.harness.fixtures import KindCLI
+from tests.harness.pytest_fixtures import KindCLI
 
 # Its images are random bytes and its waits are made by switching the kubelet stand-in off; on
 # real kind tests/test_e2e.py deploys runnable images from nothing, re-runs, plans and reads

@@ -32,8 +32,8 @@ import yaml
 
 from tests.harness import e2e, laconic_so, nodes, realkind
 from tests.harness.client import Client
-from tests.harness.deployment import Deployment, Run, keypair_bytes, release_secrets
-from tests.harness.fixtures import KindCLI
+from tests.harness.deployment_under_test import Deployment, Run, keypair_bytes, release_secrets
+from tests.harness.pytest_fixtures import KindCLI
 
 pytestmark = pytest.mark.cluster
 

@@ -26,8 +26,7 @@ import pytest
 import yaml
 
 from laconic_helm import images as image_loader
-from laconic_helm import releases
-from tests.harness import deployment as dep
+from tests.harness import deployment_under_test as dep
 from tests.harness import e2e, endstate, laconic_so, nodes, realkind
 from tests.harness import injection as inj
 from tests.harness.client import Client
@@ -349,12 +348,7 @@ def check_converged(world: World, variant: str, mark: int | None) -> None:
     expected: set[dep.ObjectKey] = set()
     for release in spec["releases"]:
         name, ns = release["name"], release["namespace"]
-        statuses = dep.release_statuses(api, ns, name)
-        assert statuses[-1] == "deployed", f"release {name}: {statuses}"
-        stuck = [s for s in statuses if s.startswith("pending") or s == "uninstalling"]
-        assert not stuck, f"release {name} keeps revisions {statuses}"
-        record = dep.decode_release(dep.release_secrets(api, ns, name)[-1])
-        assert record["info"]["description"] == f"{releases.DESCRIPTION_PREFIX}{digests[name]}"
+        record = endstate.converged_release(api, ns, name, digests[name])
         expected |= endstate.manifest_keys(record) | {("namespaces", "", ns)}
         expected |= {("secrets", ns, s["name"]) for s in release.get("secrets", [])}
     live = set(_inventory(client))

@@ -35,15 +35,14 @@ import pytest
 import yaml
 
 from laconic_helm import images as image_loader
-from laconic_helm import releases
 from tests.conftest import helm_binary
-from tests.harness import deployment as dep
+from tests.harness import deployment_under_test as dep
 from tests.harness import endstate, nodes, standin
 from tests.harness import injection as inj
 from tests.harness.api import KubeAPI
 from tests.harness.client import Client
-from tests.harness.fixtures import KindCLI
 from tests.harness.kubelet import Kubelet
+from tests.harness.pytest_fixtures import KindCLI
 
 pytestmark = [pytest.mark.faults, pytest.mark.docker, pytest.mark.apiserver]
 
@@ -823,12 +822,7 @@ def check_converged(world: World, variant: str, mark: int, claim: str | None, da
     expected = set(world.baseline) | {("persistentvolumes", "", dep.LEDGER_VOLUME)}
     for release in spec["releases"]:
         name, ns = release["name"], release["namespace"]
-        statuses = dep.release_statuses(api, ns, name)
-        assert statuses[-1] == "deployed", f"release {name}: {statuses}"
-        stuck = [s for s in statuses if s.startswith("pending") or s == "uninstalling"]
-        assert not stuck, f"release {name} keeps revisions {statuses}"
-        record = _latest(api, name)
-        assert record["info"]["description"] == f"{releases.DESCRIPTION_PREFIX}{digests[name]}"
+        record = endstate.converged_release(api, ns, name, digests[name])
         expected |= endstate.manifest_keys(record) | {("namespaces", "", ns)}
         expected |= {("secrets", ns, s["name"]) for s in release.get("secrets", [])}
     live = _inventory(api.harness)

@@ -28,9 +28,9 @@ import yaml
 from tests.harness import kindcli, kindconfig, nodes
 from tests.harness.api import KubeAPI
 from tests.harness.client import ApiError
-from tests.harness.controlplane import free_port
-from tests.harness.fixtures import KindCLI
 from tests.harness.kubelet import normalize_image
+from tests.harness.loopback import free_port
+from tests.harness.pytest_fixtures import KindCLI
 
 PROBE = Path(__file__).resolve().parent / "harness" / "charts" / "probe"
 # An image no node holds, with a policy that forbids pulling it: pods never start, anywhere.

@@ -22,6 +22,8 @@ from laconic_helm.helm import STOP_GRACE, Helm
 from laconic_helm.helm import connect as helm_connect
 from laconic_helm.helm import live_helm_pids as helm_live_pids
 from laconic_helm.releases import DesiredRelease, ObservedObject, ReleaseState, Revision
+from tests.harness import laconic_so
+from tests.harness.client import collection_path
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -712,22 +714,17 @@ def _create(world: World, path: str, obj: dict[str, Any]) -> None:
 
 
 def _laconic_so_objects(world: World, role: str) -> None:
-    """What laconic-so's create-only install leaves: plain objects, no Helm ownership."""
-    labels = {"app.kubernetes.io/name": "caddy-ingress-controller"}
+    """laconic-so's Caddy ServiceAccount and ClusterRole, as its create-only install leaves
+    them (no Helm ownership), in the test's namespace and with the ClusterRole named `role`."""
     _create(world, "/api/v1/namespaces", {"metadata": {"name": world.ns}})
-    _create(
-        world,
-        f"/api/v1/namespaces/{world.ns}/serviceaccounts",
-        {"metadata": {"name": "caddy-ingress-controller", "labels": labels}},
-    )
-    _create(
-        world,
-        "/apis/rbac.authorization.k8s.io/v1/clusterroles",
-        {
-            "metadata": {"name": role, "labels": labels},
-            "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}],
-        },
-    )
+    for obj in laconic_so.caddy_manifests():
+        if obj["kind"] == "ServiceAccount":
+            obj["metadata"]["namespace"] = world.ns
+        elif obj["kind"] == "ClusterRole":
+            obj["metadata"]["name"] = role
+        else:
+            continue
+        _create(world, collection_path(obj), obj)
 
 
 def _adopting_values(role: str) -> dict[str, Any]:
@@ -860,106 +857,6 @@ def test_removing_a_release_keeps_its_data(world: World) -> None:
     assert world.api.writes_since(mark) == []
 
 
-def _seed_caddy_objects(world: World) -> None:
-    """Caddy as laconic-so's create-only install leaves it: plain objects, no Helm metadata."""
-    ns = "caddy-system"
-    labels = {
-        "app.kubernetes.io/name": "caddy-ingress-controller",
-        "app.kubernetes.io/instance": "caddy-ingress",
-    }
-    pod = {**labels, "app.kubernetes.io/component": "controller"}
-    meta = {"name": "caddy-ingress-controller", "labels": labels}
-    rbac = "/apis/rbac.authorization.k8s.io/v1"
-    ports = [
-        {"name": "http", "containerPort": 80, "hostPort": 80, "protocol": "TCP"},
-        {"name": "https", "containerPort": 443, "hostPort": 443, "protocol": "TCP"},
-    ]
-    for path, obj in [
-        ("/api/v1/namespaces", {"metadata": {"name": ns, "labels": labels}}),
-        (f"/api/v1/namespaces/{ns}/serviceaccounts", {"metadata": meta}),
-        (
-            f"{rbac}/clusterroles",
-            {
-                "metadata": meta,
-                "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}],
-            },
-        ),
-        (
-            f"{rbac}/clusterrolebindings",
-            {
-                "metadata": meta,
-                "roleRef": {
-                    "apiGroup": "rbac.authorization.k8s.io",
-                    "kind": "ClusterRole",
-                    "name": meta["name"],
-                },
-                "subjects": [{"kind": "ServiceAccount", "name": meta["name"], "namespace": ns}],
-            },
-        ),
-        (
-            f"/api/v1/namespaces/{ns}/configmaps",
-            {
-                "metadata": {"name": "caddy-ingress-controller-configmap", "labels": labels},
-                "data": {"acmeCA": "https://acme.invalid/directory", "email": ""},
-            },
-        ),
-        (
-            f"/api/v1/namespaces/{ns}/services",
-            {
-                "metadata": meta,
-                "spec": {
-                    "type": "NodePort",
-                    "selector": pod,
-                    "ports": [
-                        {"name": p["name"], "port": p["containerPort"], "targetPort": p["name"]}
-                        for p in ports
-                    ],
-                },
-            },
-        ),
-        (
-            f"/apis/apps/v1/namespaces/{ns}/deployments",
-            {
-                "metadata": {**meta, "labels": pod},
-                "spec": {
-                    "replicas": 1,
-                    "selector": {"matchLabels": pod},
-                    "template": {
-                        "metadata": {"labels": pod},
-                        "spec": {
-                            "serviceAccountName": meta["name"],
-                            "nodeSelector": {"ingress-ready": "true"},
-                            "containers": [
-                                {
-                                    "name": "caddy-ingress-controller",
-                                    "image": "caddy/ingress:latest",
-                                    "ports": ports,
-                                    "args": [
-                                        f"-config-map={ns}/caddy-ingress-controller-configmap",
-                                        "-class-name=caddy",
-                                    ],
-                                }
-                            ],
-                        },
-                    },
-                },
-            },
-        ),
-        (
-            "/apis/networking.k8s.io/v1/ingressclasses",
-            {
-                "metadata": {
-                    "name": "caddy",
-                    "labels": labels,
-                    "annotations": {"ingressclass.kubernetes.io/is-default-class": "true"},
-                },
-                "spec": {"controller": "caddy.io/ingress-controller"},
-            },
-        ),
-    ]:
-        _create(world, path, obj)
-
-
 @pytest.mark.apiserver
 @pytest.mark.helm
 def test_the_seed_scenario_caddy_left_by_laconic_so_deploys_on_the_first_rerun(
@@ -976,7 +873,7 @@ def test_the_seed_scenario_caddy_left_by_laconic_so_deploys_on_the_first_rerun(
     )
     rbac = "/apis/rbac.authorization.k8s.io/v1"
     try:
-        _seed_caddy_objects(world)
+        laconic_so.create_all(world.api.harness, laconic_so.caddy_manifests())
         outcome = world.ensure(releases.desired_release(release))
         assert sorted(a.target for a in outcome.actions if a.verb == "adopt-object") == [
             "ClusterRole caddy-ingress-controller",

@@ -22,7 +22,7 @@ from laconic_helm.errors import EXIT_PARTIAL, DeadlineExceeded, ReleaseError
 from laconic_helm.helm import connect as helm_connect
 from laconic_helm.releases import DesiredRelease, ReleaseState, Revision
 from laconic_helm.restarts import RunningNode, WindowPolicy
-from tests.harness.deployment import keypair_bytes
+from tests.harness.deployment_under_test import keypair_bytes
 
 AGAVE = Path(__file__).resolve().parent.parent / "charts" / "agave"
 POLICY = WindowPolicy(

@@ -20,8 +20,13 @@ from laconic_helm import kube, retire, spec
 from laconic_helm.errors import ReleaseError
 from tests.harness import laconic_so, nodes
 from tests.harness.api import KubeAPI
-from tests.harness.deployment import Deployment, build_image, driver_env, release_statuses
-from tests.harness.fixtures import KindCLI
+from tests.harness.deployment_under_test import (
+    Deployment,
+    build_image,
+    driver_env,
+    release_statuses,
+)
+from tests.harness.pytest_fixtures import KindCLI
 
 APP = "laconic-3k7m2ab"
 OLD_AGAVE = f"{APP}-agave-deployment"

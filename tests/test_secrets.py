@@ -19,9 +19,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.harness import deployment as dep
+from tests.harness import deployment_under_test as dep
 from tests.harness.client import Client
-from tests.harness.deployed import Deployed
+from tests.harness.session_deployment import Deployed
 
 pytestmark = [pytest.mark.docker, pytest.mark.apiserver]
 

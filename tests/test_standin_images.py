@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.harness.deployment import base58
+from tests.harness.deployment_under_test import base58
+from tests.harness.loopback import free_port_pair
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -129,23 +130,6 @@ def launch(tmp_path: Path) -> Iterator[Callable[..., Running]]:
 # --- agave-standin ------------------------------------------------------------------------
 
 
-def free_port_pair() -> int:
-    """A free port whose next one is free too: the WebSocket listens on the RPC port + 1."""
-    for _ in range(100):
-        with socket.socket() as probe:
-            probe.bind(("0.0.0.0", 0))
-            port = probe.getsockname()[1]
-        if port >= 65535:
-            continue
-        with socket.socket() as probe:
-            try:
-                probe.bind(("0.0.0.0", port + 1))
-            except OSError:
-                continue
-        return port
-    pytest.fail("no two adjacent free ports")
-
-
 def http_request(port: int, method: str, path: str, body: bytes | None = None) -> tuple[int, str]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
@@ -224,7 +208,7 @@ def start_node(
     """Starts the node under one of its install names, with a fresh ledger, once it answers."""
 
     def start(*flags: str, program: str = "solana-test-validator", **env: str) -> Node:
-        port = free_port_pair()
+        port = free_port_pair("0.0.0.0")
         ledger = tmp_path / "ledger"  # made by the node
         argv = [binaries / program, "--rpc-port", str(port), "--ledger", ledger, *flags]
         node = Node(launch(argv, **env), port, ledger, binaries)

@@ -31,6 +31,7 @@ from tests.charts_support import (
     readme_commands,
     render,
     schema_errors,
+    uninstall,
 )
 
 if TYPE_CHECKING:
@@ -199,13 +200,7 @@ def test_readme_install_lines_install_both_releases(helm_bin: str, kube_api: Kub
         assert {release for _, release in releases} == {"caddy-ingress", "agave"}
     finally:
         for namespace, release in releases:
-            subprocess.run(
-                [helm_bin, "uninstall", release, "--namespace", namespace],
-                env=kube_api.env,
-                capture_output=True,
-                check=False,
-                timeout=300,
-            )
+            uninstall(helm_bin, kube_api, namespace, release)
             kube_api.delete_namespace(namespace)
         # The next test types the same lines: their namespaces must be gone, not terminating.
         deadline = time.monotonic() + 300  # a real cluster first stops the pods and claims

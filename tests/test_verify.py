@@ -6,17 +6,16 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 
 from laconic_helm.verify import probe_rpc, read_health
+from tests.harness.loopback import free_port_pair, serving
 
 pytestmark = pytest.mark.unit
 
@@ -54,11 +53,8 @@ class _Ingress(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def ingress() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Ingress)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/"
-    server.shutdown()
+    with serving(_Ingress) as server:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
     _Ingress.health = "ok"
     _Ingress.bad_gateways = 0
 
@@ -97,21 +93,6 @@ def test_nothing_listening_is_unreachable() -> None:
 # -- node health (status), read from the agave RPC stand-in program run here ------------------
 
 
-def _free_pair() -> int:
-    """A port whose next port is free too (the stand-in's WebSocket takes RPC + 1)."""
-    for _ in range(50):
-        with socket.socket() as first:
-            first.bind(("127.0.0.1", 0))
-            port = int(first.getsockname()[1])
-            with socket.socket() as second:
-                try:
-                    second.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-        return port
-    raise AssertionError("no two free ports in a row")
-
-
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """The agave stand-in (scripts/provision-kind builds it) as solana-test-validator: its RPC
@@ -119,7 +100,7 @@ def node(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     binary = shutil.which("agave-standin")
     if binary is None:
         pytest.fail("agave-standin not provisioned (scripts/provision-tools)")
-    port, ledger = _free_pair(), tmp_path / "ledger"
+    port, ledger = free_port_pair(), tmp_path / "ledger"
     process = subprocess.Popen(
         [binary, "solana-test-validator", "--rpc-port", str(port), "--ledger", str(ledger)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -158,7 +139,7 @@ def test_node_health_reads_slot_lag_version_and_identity(node: tuple[str, Path])
 
 
 def test_an_unreachable_node_is_reported_not_raised() -> None:
-    url = f"http://127.0.0.1:{_free_pair()}/"
+    url = f"http://127.0.0.1:{free_port_pair()}/"
     health = asyncio.run(read_health(url, "rpc.agave.localhost"))
     assert not health.reachable and health.health.startswith("unreachable")
     assert health.slot is None and health.lag is None

@@ -24,6 +24,29 @@ JSON = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC_PATCH = "application/strategic-merge-patch+json"
 
+# The collection of each kind the harness creates or reads back, and the cluster-scoped ones.
+PLURALS = {
+    "Namespace": "namespaces", "ServiceAccount": "serviceaccounts", "ConfigMap": "configmaps",
+    "Secret": "secrets", "Service": "services", "Deployment": "deployments",
+    "StatefulSet": "statefulsets", "DaemonSet": "daemonsets", "Job": "jobs",
+    "CronJob": "cronjobs", "Ingress": "ingresses", "Role": "roles", "RoleBinding": "rolebindings",
+    "PersistentVolumeClaim": "persistentvolumeclaims", "ClusterRole": "clusterroles",
+    "ClusterRoleBinding": "clusterrolebindings", "IngressClass": "ingressclasses",
+    "PersistentVolume": "persistentvolumes", "RuntimeClass": "runtimeclasses",
+}  # fmt: skip
+CLUSTER_KINDS = {"Namespace", "ClusterRole", "ClusterRoleBinding", "IngressClass",
+                 "PersistentVolume", "RuntimeClass"}  # fmt: skip
+
+
+def collection_path(obj: JSON) -> str:
+    """The API path to POST `obj` to, from its apiVersion, kind and metadata.namespace."""
+    version = obj["apiVersion"]
+    base = f"/apis/{version}" if "/" in version else f"/api/{version}"
+    namespace = obj["metadata"].get("namespace")
+    if namespace and obj["kind"] not in CLUSTER_KINDS:
+        base = f"{base}/namespaces/{namespace}"
+    return f"{base}/{PLURALS[obj['kind']]}"
+
 
 class ApiError(Exception):
     """A non-success answer from the API, with the Status object's reason and message."""

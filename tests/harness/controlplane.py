@@ -15,7 +15,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from tests.harness import pki
 from tests.harness.client import Client, Credentials
+from tests.harness.loopback import free_port
 
 TOOLS = ("etcd", "kube-apiserver", "kube-controller-manager")
 SERVICE_CIDR = "10.96.0.0/16"
@@ -77,12 +77,6 @@ def etcd_skips_fsync(etcd: str) -> bool:
     out = subprocess.run([etcd, "--version"], capture_output=True, text=True, check=False).stdout
     found = re.search(r"etcd Version: (\d+)\.(\d+)", out)
     return bool(found) and (int(found[1]), int(found[2])) >= (3, 5)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass(frozen=True)

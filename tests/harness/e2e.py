@@ -21,7 +21,8 @@ from typing import Any
 
 from tests.harness import realkind
 from tests.harness.api import KubeAPI
-from tests.harness.deployment import Deployment, Run, free_port, keypair_bytes, write_spec
+from tests.harness.deployment_under_test import Deployment, Run, keypair_bytes, write_spec
+from tests.harness.loopback import free_port
 
 REPO = Path(__file__).resolve().parent.parent.parent
 RPC_HOST = "rpc.agave.localhost"

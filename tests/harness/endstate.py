@@ -7,26 +7,23 @@ import asyncio
 import contextlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from laconic_helm import images as image_loader
 from laconic_helm import releases
 from laconic_helm import spec as spec_model
-from tests.harness.deployment import ObjectKey
+from tests.harness.client import CLUSTER_KINDS, PLURALS
+from tests.harness.deployment_under_test import (
+    ObjectKey,
+    decode_release,
+    release_secrets,
+    release_statuses,
+)
 
-PLURALS = {
-    "Namespace": "namespaces", "ServiceAccount": "serviceaccounts", "ConfigMap": "configmaps",
-    "Secret": "secrets", "Service": "services", "Deployment": "deployments",
-    "StatefulSet": "statefulsets", "DaemonSet": "daemonsets", "Job": "jobs",
-    "CronJob": "cronjobs", "Ingress": "ingresses", "Role": "roles", "RoleBinding": "rolebindings",
-    "PersistentVolumeClaim": "persistentvolumeclaims", "ClusterRole": "clusterroles",
-    "ClusterRoleBinding": "clusterrolebindings", "IngressClass": "ingressclasses",
-    "PersistentVolume": "persistentvolumes", "RuntimeClass": "runtimeclasses",
-}  # fmt: skip
-CLUSTER_KINDS = {"Namespace", "ClusterRole", "ClusterRoleBinding", "IngressClass",
-                  "PersistentVolume", "RuntimeClass"}  # fmt: skip
+if TYPE_CHECKING:
+    from tests.harness.api import KubeAPI
 
 
 def manifest_keys(record: dict[str, Any]) -> set[ObjectKey]:
@@ -52,6 +49,18 @@ def expected_digests(spec_path: Path) -> dict[str, str]:
         ).digest
         for r in spec.releases
     }
+
+
+def converged_release(api: KubeAPI, namespace: str, name: str, digest: str) -> dict[str, Any]:
+    """The release's newest record, once it is shown deployed at `digest` with no revision left
+    pending or uninstalling (what a killed helm leaves until a deploy repairs it)."""
+    statuses = release_statuses(api, namespace, name)
+    assert statuses[-1] == "deployed", f"release {name}: {statuses}"
+    stuck = [s for s in statuses if s.startswith("pending") or s == "uninstalling"]
+    assert not stuck, f"release {name} keeps revisions {statuses}"
+    record = decode_release(release_secrets(api, namespace, name)[-1])
+    assert record["info"]["description"] == f"{releases.DESCRIPTION_PREFIX}{digest}"
+    return record
 
 
 def pids_using(path: Path) -> list[str]:

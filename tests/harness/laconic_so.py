@@ -26,33 +26,44 @@ from typing import Any
 import yaml
 
 from tests.harness import nodes
-from tests.harness.client import ApiError, Client, Credentials
+from tests.harness.client import ApiError, Client, Credentials, collection_path
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "laconic-so" / "agave"
+LACONIC_SO = Path(__file__).resolve().parents[1] / "data" / "laconic-so"
+FIXTURE = LACONIC_SO / "agave"
+MANIFESTS = LACONIC_SO / "caddy"  # laconic-so's Caddy objects, one YAML file per part
 
 CADDY_NAMESPACE = "caddy-system"
 CADDY_NAME = "caddy-ingress-controller"
-CADDY_LABELS = {"app.kubernetes.io/name": CADDY_NAME, "app.kubernetes.io/instance": "caddy-ingress"}
-CADDY_POD_LABELS = {**CADDY_LABELS, "app.kubernetes.io/component": "controller"}
-CADDY_OBJECTS = {  # every object laconic-so's Caddy install creates, by kind and name
-    ("ServiceAccount", CADDY_NAME),
-    ("ClusterRole", CADDY_NAME),
-    ("ClusterRoleBinding", CADDY_NAME),
-    ("ConfigMap", f"{CADDY_NAME}-configmap"),
-    ("Service", CADDY_NAME),
-    ("Deployment", CADDY_NAME),
-    ("IngressClass", "caddy"),
-}
-BACKUP_NAME = "caddy-cert-backup"
-BACKUP_LABELS = {
-    "app.kubernetes.io/name": BACKUP_NAME,
-    "app.kubernetes.io/instance": "caddy-ingress",
-}
-# A certificate as Caddy's secret store keeps it (label manager=caddy).
-CERT_SECRET = "caddy.ingress--certificates.acme-v02.api.letsencrypt.org-directory.biscayne.crt"
 MEMLOCK = "high-memlock"
 DEFAULT_STORAGE = "2147M"  # laconic-so's 2Gi default, as it renders it
-RBAC = "/apis/rbac.authorization.k8s.io/v1"
+
+
+def manifests(name: str) -> list[dict[str, Any]]:
+    """The objects of MANIFESTS/`name`.yaml, fresh copies each call (tests may change them)."""
+    return [doc for doc in yaml.safe_load_all((MANIFESTS / f"{name}.yaml").read_text()) if doc]
+
+
+def caddy_manifests(email: str = "") -> list[dict[str, Any]]:
+    """laconic-so's Caddy install: its namespace first, then the seven objects a takeover
+    adopts; `email` is the ACME address laconic-so writes into the ConfigMap."""
+    objects = manifests("caddy-ingress")
+    for obj in objects:
+        if obj["kind"] == "ConfigMap":
+            obj["data"]["email"] = email
+    return objects
+
+
+def create_all(client: Client, objects: list[dict[str, Any]]) -> None:
+    """Creates `objects` in order, by create-only calls as laconic-so makes them."""
+    for obj in objects:
+        client.create(collection_path(obj), obj)
+
+
+# Every object laconic-so's Caddy install creates but its namespace, by kind and name.
+CADDY_OBJECTS = {
+    (o["kind"], o["metadata"]["name"]) for o in caddy_manifests() if o["kind"] != "Namespace"
+}
+CERT_SECRET = manifests("certificate")[0]["metadata"]["name"]
 
 
 def stage(tmp_path: Path) -> Path:
@@ -492,276 +503,14 @@ class _Maker:
     # -- Caddy ------------------------------------------------------------------------------
 
     def caddy(self) -> None:
-        ns = CADDY_NAMESPACE
-        meta = {"name": CADDY_NAME, "labels": CADDY_LABELS}
-        read = ["list", "watch", "get"]
         email = str((self.spec.get("network") or {}).get("acme-email") or "")
-        tolerations = [
-            {"key": f"node-role.kubernetes.io/{role}", "effect": "NoSchedule"}
-            for role in ("master", "control-plane")
-        ]
-        probe = {
-            "httpGet": {"path": "/healthz", "port": 9765},
-            "initialDelaySeconds": 3,
-            "periodSeconds": 10,
-        }
-        for path, obj in [
-            ("/api/v1/namespaces", {"metadata": {"name": ns, "labels": CADDY_LABELS}}),
-            (f"/api/v1/namespaces/{ns}/serviceaccounts", {"metadata": meta}),
-            (
-                f"{RBAC}/clusterroles",
-                {
-                    "metadata": meta,
-                    "rules": [
-                        {
-                            "apiGroups": [""],
-                            "resources": [
-                                "configmaps",
-                                "endpoints",
-                                "nodes",
-                                "pods",
-                                "namespaces",
-                                "services",
-                            ],
-                            "verbs": read,
-                        },
-                        {
-                            "apiGroups": [""],
-                            "resources": ["secrets"],
-                            "verbs": [*read, "create", "update", "delete"],
-                        },
-                        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]},
-                        {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
-                        {
-                            "apiGroups": ["networking.k8s.io"],
-                            "resources": ["ingresses"],
-                            "verbs": ["get", "list", "watch"],
-                        },
-                        {
-                            "apiGroups": ["networking.k8s.io"],
-                            "resources": ["ingresses/status"],
-                            "verbs": ["update"],
-                        },
-                        {
-                            "apiGroups": ["networking.k8s.io"],
-                            "resources": ["ingressclasses"],
-                            "verbs": ["get", "list", "watch"],
-                        },
-                        {
-                            "apiGroups": ["coordination.k8s.io"],
-                            "resources": ["leases"],
-                            "verbs": ["get", "create", "update", "delete"],
-                        },
-                    ],
-                },
-            ),
-            (
-                f"{RBAC}/clusterrolebindings",
-                {
-                    "metadata": meta,
-                    "roleRef": {
-                        "apiGroup": "rbac.authorization.k8s.io",
-                        "kind": "ClusterRole",
-                        "name": CADDY_NAME,
-                    },
-                    "subjects": [{"kind": "ServiceAccount", "name": CADDY_NAME, "namespace": ns}],
-                },
-            ),
-            (
-                f"/api/v1/namespaces/{ns}/configmaps",
-                {
-                    "metadata": {"name": f"{CADDY_NAME}-configmap", "labels": CADDY_LABELS},
-                    "data": {
-                        "acmeCA": "https://acme-v02.api.letsencrypt.org/directory",
-                        "email": email,
-                    },
-                },
-            ),
-            (
-                f"/api/v1/namespaces/{ns}/services",
-                {
-                    "metadata": meta,
-                    "spec": {
-                        "type": "NodePort",
-                        "selector": CADDY_POD_LABELS,
-                        "ports": [
-                            {"name": "http", "port": 80, "targetPort": "http"},
-                            {"name": "https", "port": 443, "targetPort": "https"},
-                        ],
-                    },
-                },
-            ),
-            (
-                f"/apis/apps/v1/namespaces/{ns}/deployments",
-                {
-                    "metadata": meta,
-                    "spec": {
-                        "replicas": 1,
-                        "strategy": {"type": "Recreate"},
-                        "selector": {"matchLabels": CADDY_POD_LABELS},
-                        "template": {
-                            "metadata": {"labels": CADDY_POD_LABELS},
-                            "spec": {
-                                "serviceAccountName": CADDY_NAME,
-                                "terminationGracePeriodSeconds": 60,
-                                "nodeSelector": {
-                                    "ingress-ready": "true",
-                                    "kubernetes.io/os": "linux",
-                                },
-                                "tolerations": tolerations,
-                                "containers": [
-                                    {
-                                        "name": CADDY_NAME,
-                                        "image": "ghcr.io/laconicnetwork/caddy-ingress:latest",
-                                        "imagePullPolicy": "Always",
-                                        "ports": [
-                                            {"name": "http", "containerPort": 80, "hostPort": 80},
-                                            {
-                                                "name": "https",
-                                                "containerPort": 443,
-                                                "hostPort": 443,
-                                            },
-                                        ],
-                                        "env": [
-                                            {
-                                                "name": name,
-                                                "valueFrom": {"fieldRef": {"fieldPath": source}},
-                                            }
-                                            for name, source in (
-                                                ("POD_NAME", "metadata.name"),
-                                                ("POD_NAMESPACE", "metadata.namespace"),
-                                            )
-                                        ],
-                                        "args": [
-                                            f"-config-map={ns}/{CADDY_NAME}-configmap",
-                                            "-class-name=caddy",
-                                        ],
-                                        "resources": {
-                                            "requests": {"cpu": "100m", "memory": "128Mi"},
-                                            "limits": {"cpu": "1000m", "memory": "512Mi"},
-                                        },
-                                        "readinessProbe": probe,
-                                        "livenessProbe": probe,
-                                        "securityContext": {
-                                            "allowPrivilegeEscalation": True,
-                                            "capabilities": {
-                                                "add": ["NET_BIND_SERVICE"],
-                                                "drop": ["ALL"],
-                                            },
-                                            "runAsUser": 0,
-                                            "runAsGroup": 0,
-                                        },
-                                        "volumeMounts": [
-                                            {"name": "caddy-data", "mountPath": "/data"},
-                                            {"name": "caddy-config", "mountPath": "/config"},
-                                        ],
-                                    }
-                                ],
-                                "volumes": [
-                                    {"name": "caddy-data", "emptyDir": {}},
-                                    {"name": "caddy-config", "emptyDir": {}},
-                                ],
-                            },
-                        },
-                    },
-                },
-            ),
-            (
-                "/apis/networking.k8s.io/v1/ingressclasses",
-                {
-                    "metadata": {
-                        "name": "caddy",
-                        "labels": CADDY_LABELS,
-                        "annotations": {"ingressclass.kubernetes.io/is-default-class": "true"},
-                    },
-                    "spec": {"controller": "caddy.io/ingress-controller"},
-                },
-            ),
-        ]:
-            self.create(path, obj)
-        # The restored certificate (laconic-so restores them before Caddy starts).
-        self.create(
-            f"/api/v1/namespaces/{ns}/secrets",
-            {
-                "metadata": {"name": CERT_SECRET, "labels": {"manager": "caddy"}},
-                "data": {"value": "Y2VydGlmaWNhdGU="},
-            },
-            kept=True,
-        )
+        for obj in caddy_manifests(email):
+            self.create(collection_path(obj), obj)
+        for obj in manifests("certificate"):
+            self.create(collection_path(obj), obj, kept=True)
         if self.spec.get("kind-mount-root"):
-            self.cert_backup()
-
-    def cert_backup(self) -> None:
-        ns = CADDY_NAMESPACE
-        meta = {"name": BACKUP_NAME, "labels": BACKUP_LABELS}
-        self.create(f"/api/v1/namespaces/{ns}/serviceaccounts", {"metadata": meta})
-        self.create(
-            f"{RBAC}/namespaces/{ns}/roles",
-            {
-                "metadata": meta,
-                "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list"]}],
-            },
-        )
-        self.create(
-            f"{RBAC}/namespaces/{ns}/rolebindings",
-            {
-                "metadata": meta,
-                "roleRef": {
-                    "apiGroup": "rbac.authorization.k8s.io",
-                    "kind": "Role",
-                    "name": BACKUP_NAME,
-                },
-                "subjects": [{"kind": "ServiceAccount", "name": BACKUP_NAME, "namespace": ns}],
-            },
-        )
-        command = (
-            "kubectl get secret -n caddy-system -l manager=caddy -o yaml > "
-            "/backup/caddy-secrets.yaml.tmp && mv /backup/caddy-secrets.yaml.tmp "
-            "/backup/caddy-secrets.yaml"
-        )
-        self.create(
-            f"/apis/batch/v1/namespaces/{ns}/cronjobs",
-            {
-                "metadata": meta,
-                "spec": {
-                    "schedule": "*/5 * * * *",
-                    "concurrencyPolicy": "Replace",
-                    "successfulJobsHistoryLimit": 1,
-                    "failedJobsHistoryLimit": 3,
-                    "jobTemplate": {
-                        "spec": {
-                            "template": {
-                                "metadata": {"labels": BACKUP_LABELS},
-                                "spec": {
-                                    "serviceAccountName": BACKUP_NAME,
-                                    "restartPolicy": "OnFailure",
-                                    "nodeSelector": {"ingress-ready": "true"},
-                                    "containers": [
-                                        {
-                                            "name": "backup",
-                                            "image": "alpine/kubectl:1.35.3",
-                                            "command": ["sh", "-c", command],
-                                            "volumeMounts": [
-                                                {"name": "backup", "mountPath": "/backup"}
-                                            ],
-                                        }
-                                    ],
-                                    "volumes": [
-                                        {
-                                            "name": "backup",
-                                            "hostPath": {
-                                                "path": "/mnt/caddy-cert-backup",
-                                                "type": "DirectoryOrCreate",
-                                            },
-                                        }
-                                    ],
-                                },
-                            }
-                        }
-                    },
-                },
-            },
-        )
+            for obj in manifests("cert-backup"):
+                self.create(collection_path(obj), obj)
 
 
 def create_caddy(client: Client, deployment: Path) -> Seeded:

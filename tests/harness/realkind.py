@@ -244,7 +244,7 @@ def delete_cluster(kind: str, name: str, kubeconfig: Path) -> None:
 
 def remove_orphans() -> list[str]:
     """Deletes the real kind clusters of test sessions that have ended: test clusters are
-    named `<prefix>-<session pid>-...` (tests/harness/fixtures.py)."""
+    named `<prefix>-<session pid>-...` (tests/harness/pytest_fixtures.py)."""
     listed = subprocess.run(
         ["kind", "get", "clusters"], env=docker_env(), capture_output=True, text=True, check=False
     )

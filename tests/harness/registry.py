@@ -17,7 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.harness.controlplane import _die_with_parent, free_port
+from tests.harness.controlplane import _die_with_parent
+from tests.harness.loopback import free_port
 
 BINARY = "registry"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"

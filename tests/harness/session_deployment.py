@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import deployment as dep
+from tests.harness import deployment_under_test as dep
 from tests.harness import standin
 from tests.harness.api import KubeAPI
-from tests.harness.fixtures import KindCLI
 from tests.harness.kubelet import Kubelet
+from tests.harness.pytest_fixtures import KindCLI
 
 
 @dataclass
@@ -50,15 +50,16 @@ class Deployed:
 @pytest.fixture(scope="session")
 def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     root = tmp_path_factory.mktemp("deployed")
-    with dep.chart_images() as images, dep.standin_kind(root) as kind:
-        cluster = kind.new_name("done")
-        files = dep.make_files(root / "files", "deployed")
-        spec = dep.write_spec(root, dep.full_spec(root, cluster, images, files))
+    with dep.staged(root, "done") as stage:
+        kind, cluster = stage.kind, stage.cluster
+        spec = dep.write_spec(root, stage.doc)
         deployment = dep.Deployment(spec, cluster, dep.driver_env(kind, root / "state", "helm"))
         with dep.ledger_volumes([cluster]):
             with kind.kubelets():  # every cluster of the session: this one is made meanwhile
                 first = deployment.run("-v", "deploy")
             assert first.code == 0, f"{first.error}\n{first.stderr}"
-            made = Deployed(kind, root, deployment, files, images, kind.api(cluster), first)
+            made = Deployed(
+                kind, root, deployment, stage.files, stage.images, kind.api(cluster), first
+            )
             with made.kubelet():  # from now on this cluster's alone: others test without one
                 yield made
