@@ -32,7 +32,7 @@ os.environ["PATH"] = (
     f"{Path.home() / '.cache' / 'laconic-helm' / 'bin'}{os.pathsep}{os.environ['PATH']}"
 )
 
-from tests.harness import deployment as d  # noqa: E402
+from tests.harness import deployment_under_test as d  # noqa: E402
 
 
 def _revisions(api: object) -> int:
