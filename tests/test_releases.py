@@ -17,11 +17,21 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from laconic_helm import kube, releases, spec
+from laconic_helm.desired import (
+    DIGEST_ANNOTATION,
+    DesiredRelease,
+    chart_files,
+    compute_digest,
+    desired_release,
+    merge_values,
+    refs,
+    render,
+)
 from laconic_helm.errors import DeadlineExceeded, ReleaseError
 from laconic_helm.helm import STOP_GRACE, Helm
 from laconic_helm.helm import connect as helm_connect
 from laconic_helm.helm import live_helm_pids as helm_live_pids
-from laconic_helm.releases import DesiredRelease, ObservedObject, ReleaseState, Revision
+from laconic_helm.releases import ObservedObject, ReleaseState, Revision
 from tests.harness import laconic_so
 from tests.harness.client import collection_path
 
@@ -53,7 +63,7 @@ OLD = "sha256:" + "b" * 64
 )
 def test_values_merge_like_helm(layers: tuple[dict, ...], merged: dict) -> None:
     before = [repr(layer) for layer in layers]
-    assert releases.merge_values(*layers) == merged
+    assert merge_values(*layers) == merged
     assert [repr(layer) for layer in layers] == before  # inputs untouched
 
 
@@ -65,8 +75,8 @@ def chart(tmp_path: Path) -> Path:
 
 @pytest.mark.unit
 def test_digest_is_stable_and_ignores_key_order(chart: Path) -> None:
-    a = releases.compute_digest(chart, {"x": 1, "y": {"p": 1, "q": 2}}, {"image/a": "sha256:1"})
-    b = releases.compute_digest(chart, {"y": {"q": 2, "p": 1}, "x": 1}, {"image/a": "sha256:1"})
+    a = compute_digest(chart, {"x": 1, "y": {"p": 1, "q": 2}}, {"image/a": "sha256:1"})
+    b = compute_digest(chart, {"y": {"q": 2, "p": 1}, "x": 1}, {"image/a": "sha256:1"})
     assert a == b
     assert a.startswith("sha256:") and len(a) == len("sha256:") + 64
 
@@ -79,7 +89,7 @@ def test_digest_is_stable_and_ignores_key_order(chart: Path) -> None:
 def test_digest_changes_with_any_input(chart: Path, change: str) -> None:
     values: dict[str, Any] = {"l": [1, 2]}
     extras = {"image/a": "sha256:1"}
-    before = releases.compute_digest(chart, values, extras)
+    before = compute_digest(chart, values, extras)
     if change == "template":
         path = chart / "templates" / "configmap.yaml"
         path.write_text(path.read_text() + "  added: line\n")
@@ -91,18 +101,18 @@ def test_digest_changes_with_any_input(chart: Path, change: str) -> None:
         values = {"l": [2, 1]}
     else:
         extras = {"image/a": "sha256:2"}
-    assert releases.compute_digest(chart, values, extras) != before
+    assert compute_digest(chart, values, extras) != before
 
 
 @pytest.mark.unit
 def test_digest_skips_what_helmignore_excludes(chart: Path) -> None:
-    before = releases.compute_digest(chart, {})
+    before = compute_digest(chart, {})
     (chart / "values.yaml.swp").write_text("editor junk")
     (chart / "notes").mkdir()
     (chart / "notes" / "todo.md").write_text("later")
-    assert releases.compute_digest(chart, {}) == before
-    assert "values.yaml.swp" not in releases.chart_files(chart)
-    assert "templates/deployment.yaml" in releases.chart_files(chart)
+    assert compute_digest(chart, {}) == before
+    assert "values.yaml.swp" not in chart_files(chart)
+    assert "templates/deployment.yaml" in chart_files(chart)
 
 
 def _spec_release(chart: Path, tmp_path: Path, **extra: Any) -> spec.Release:
@@ -117,12 +127,12 @@ def test_desired_release_layers_values_and_annotates_pods(chart: Path, tmp_path:
     rel = _spec_release(
         chart, tmp_path, valuesFiles=["one.yaml", "two.yaml"], values={"config": {"b": 2}}
     )
-    desired = releases.desired_release(rel, extras={"image/x": "sha256:1"})
+    desired = desired_release(rel, extras={"image/x": "sha256:1"})
     assert desired.values["config"] == {"greeting": "two", "a": 1, "b": 2}
     assert desired.values["l"] == [2]
-    assert desired.values["podAnnotations"] == {releases.DIGEST_ANNOTATION: desired.digest}
+    assert desired.values["podAnnotations"] == {DIGEST_ANNOTATION: desired.digest}
     assert desired.description == f"laconic-helm digest={desired.digest}"
-    assert releases.desired_release(rel, extras={"image/x": "sha256:2"}).digest != desired.digest
+    assert desired_release(rel, extras={"image/x": "sha256:2"}).digest != desired.digest
 
 
 @pytest.mark.unit
@@ -131,7 +141,7 @@ def test_desired_release_leaves_values_alone_for_charts_without_pod_annotations(
 ) -> None:
     values = chart / "values.yaml"
     values.write_text(values.read_text().replace("podAnnotations: {}\n", ""))
-    desired = releases.desired_release(_spec_release(chart, tmp_path))
+    desired = desired_release(_spec_release(chart, tmp_path))
     assert "podAnnotations" not in desired.values
 
 
@@ -140,12 +150,12 @@ def test_secret_files_change_the_digest_but_never_the_values(chart: Path, tmp_pa
     key = tmp_path / "identity.json"
     key.write_bytes(b"[11,22,33]")
     rel = _spec_release(chart, tmp_path, secrets=[{"name": "keys", "files": {"id": str(key)}}])
-    first = releases.desired_release(rel)
+    first = desired_release(rel)
     assert first.secrets[0].data == {"id": b"[11,22,33]"}
     assert "11,22,33" not in repr(first)
     assert "11,22,33" not in str(first.values)
     key.write_bytes(b"[44]")
-    assert releases.desired_release(rel).digest != first.digest
+    assert desired_release(rel).digest != first.digest
 
 
 def _record(status: str, description: str = "", config: dict | None = None) -> dict:
@@ -172,7 +182,7 @@ def _record(status: str, description: str = "", config: dict | None = None) -> d
             _record(
                 "deployed",
                 "Rollback to 2",
-                {"podAnnotations": {releases.DIGEST_ANNOTATION: OLD}},
+                {"podAnnotations": {DIGEST_ANNOTATION: OLD}},
             ),
             OLD,
         ),
@@ -400,9 +410,9 @@ def test_render_lists_every_object_with_its_namespace(helm_bin: str, tmp_path: P
     rel = _spec_release(
         MINI, tmp_path, values={"clusterRole": {"enabled": True}, "renderNamespace": True}
     )
-    docs = asyncio.run(releases._render(helm, releases.desired_release(rel), upgrade=False))
-    refs = releases._refs(docs)
-    assert sorted(str(r) for r in refs) == [
+    docs = asyncio.run(render(helm, desired_release(rel), upgrade=False))
+    rendered = refs(docs)
+    assert sorted(str(r) for r in rendered) == [
         "ClusterRole mini",
         "ConfigMap mini-config",
         "Deployment mini",
@@ -415,9 +425,9 @@ def test_render_lists_every_object_with_its_namespace(helm_bin: str, tmp_path: P
 def test_render_failure_names_the_release(helm_bin: str, chart: Path, tmp_path: Path) -> None:
     (chart / "templates" / "broken.yaml").write_text('{{ fail "no way" }}\n')
     helm = _connect(helm_bin)
-    desired = releases.desired_release(_spec_release(chart, tmp_path))
+    desired = desired_release(_spec_release(chart, tmp_path))
     with pytest.raises(ReleaseError, match=r"^release mini: the chart does not render.*no way"):
-        asyncio.run(releases._render(helm, desired, upgrade=False))
+        asyncio.run(render(helm, desired, upgrade=False))
 
 
 @pytest.mark.helm
@@ -463,7 +473,7 @@ class World:
             timeout=300,
             **extra,
         )
-        return releases.desired_release(rel)
+        return desired_release(rel)
 
     def ensure(self, desired: DesiredRelease, **kw: Any) -> releases.ReleaseOutcome:
         return asyncio.run(releases.ensure_release(self.kube, self.helm, desired, **kw))
@@ -522,7 +532,7 @@ def test_install_then_rerun_makes_no_upgrade_and_no_write(world: World) -> None:
     deployment = world.get(f"/apis/apps/v1/namespaces/{world.ns}/deployments/{world.name}")
     assert deployment is not None
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
-    assert annotations[releases.DIGEST_ANNOTATION] == desired.digest
+    assert annotations[DIGEST_ANNOTATION] == desired.digest
 
     mark = world.api.mark()
     again = world.ensure(world.desired({"config": {"greeting": "one"}}))
@@ -874,7 +884,7 @@ def test_the_seed_scenario_caddy_left_by_laconic_so_deploys_on_the_first_rerun(
     rbac = "/apis/rbac.authorization.k8s.io/v1"
     try:
         laconic_so.create_all(world.api.harness, laconic_so.caddy_manifests())
-        outcome = world.ensure(releases.desired_release(release))
+        outcome = world.ensure(desired_release(release))
         assert sorted(a.target for a in outcome.actions if a.verb == "adopt-object") == [
             "ClusterRole caddy-ingress-controller",
             "ClusterRoleBinding caddy-ingress-controller",
@@ -886,7 +896,7 @@ def test_the_seed_scenario_caddy_left_by_laconic_so_deploys_on_the_first_rerun(
         ]
         assert world.latest() == "deployed"
         mark = world.api.mark()
-        assert _verbs_of(world.ensure(releases.desired_release(release))) == ["up-to-date"]
+        assert _verbs_of(world.ensure(desired_release(release))) == ["up-to-date"]
         assert world.api.writes_since(mark) == []
     finally:
         asyncio.run(releases.ensure_release_absent(world.kube, world.helm, world.name, world.ns))

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from laconic_helm import kube, releases, restarts, spec
+from laconic_helm.desired import desired_release
 from laconic_helm.errors import EXIT_PARTIAL, DeadlineExceeded, ReleaseError
 from laconic_helm.helm import connect as helm_connect
 from laconic_helm.releases import DesiredRelease, ReleaseState, Revision
@@ -33,7 +34,7 @@ NODE = RunningNode("agave", "agave-7d9f-abcde", "Deployment/agave")
 
 def _agave(values: dict[str, Any]) -> DesiredRelease:
     release = spec.Release(name="agave", chart=str(AGAVE), namespace="agave", values=values)
-    return releases.desired_release(release)
+    return desired_release(release)
 
 
 # -- the policy -------------------------------------------------------------------------------
@@ -272,7 +273,7 @@ def test_the_stand_in_plan_waits_only_for_a_serving_rpc_node(
         release = spec.Release(
             name="rw", chart=str(AGAVE), namespace=ns, values=values, wait=True, timeout=120
         )
-        return releases.desired_release(release)
+        return desired_release(release)
 
     def planned(values: dict[str, Any], **kw: Any) -> list[Any]:
         want = desired(values)

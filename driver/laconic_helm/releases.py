@@ -28,21 +28,24 @@ When the newest revision is `deployed` with the desired digest, nothing is writt
 from __future__ import annotations
 
 import asyncio
-import fnmatch
-import hashlib
-import json
-import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-from pydantic import ValidationError
 from pyhelm3 import errors as helm_errors
 
-from laconic_helm import paths, restarts, spec
-from laconic_helm.errors import ClusterError, DeadlineExceeded, ReleaseError, SpecError
+from laconic_helm import restarts
+from laconic_helm.desired import (
+    DIGEST_ANNOTATION,
+    POD_ANNOTATIONS,
+    DesiredRelease,
+    load_chart,
+    manifest_refs,
+    refs,
+    render,
+    short_digest,
+)
+from laconic_helm.errors import ClusterError, DeadlineExceeded, ReleaseError
 from laconic_helm.helm import STOP_GRACE, live_helm_pids, release_error
 from laconic_helm.kube import (
     DRIVER,
@@ -52,7 +55,6 @@ from laconic_helm.kube import (
     Kube,
     ObjectRef,
     Owner,
-    SecretData,
     decode_release,
     owner_of,
 )
@@ -62,185 +64,14 @@ from laconic_helm.plan import Action
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable, Mapping
 
-    import pyhelm3
-
     from laconic_helm.helm import Helm
 
-DIGEST_ANNOTATION = "laconic-helm/digest"
 DESCRIPTION_PREFIX = "laconic-helm digest="
-POD_ANNOTATIONS = "podAnnotations"  # the values key the charts put on their workload pods
 
 PENDING = frozenset({"pending-install", "pending-upgrade", "pending-rollback"})
 GOOD = frozenset({"deployed", "superseded"})
 BUSY_WAIT = 15.0  # seconds to let a live helm on this host finish before giving up
 MIN_HELM_SECONDS = 5.0  # do not start a helm operation with less budget than this
-
-_DIGEST_SCHEME = b"laconic-helm digest v1"
-
-
-# -- values and digest ------------------------------------------------------------------------
-
-
-def merge_values(*layers: Mapping[str, Any]) -> dict[str, Any]:
-    """Merges values layers the way helm merges `-f` files: maps merge key by key, anything
-    else (lists included) is replaced by the later layer."""
-    out: dict[str, Any] = {}
-    for layer in layers:
-        for key, value in layer.items():
-            if isinstance(value, dict) and isinstance(out.get(key), dict):
-                out[key] = merge_values(out[key], value)
-            else:
-                out[key] = value
-    return out
-
-
-def _plain(values: Mapping[str, Any]) -> dict[str, Any]:
-    # YAML may hold dates and other non-JSON scalars; helm receives JSON, and so does the digest.
-    return json.loads(json.dumps(values, default=str))
-
-
-def effective_values(release: spec.Release) -> dict[str, Any]:
-    """The values the operator asked for: the values files in order, then the inline values."""
-    files = [spec.load_values_file(p) for p in release.values_files]
-    return _plain(merge_values(*files, release.values))
-
-
-def _ignore_rules(chart: Path) -> list[tuple[str, bool]]:
-    """Reads `.helmignore` as (pattern, directories-only) pairs; negations are not honoured,
-    which can only make the digest cover more files than helm packages."""
-    path = chart / ".helmignore"
-    if not path.is_file():
-        return []
-    rules = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith(("#", "!")):
-            continue
-        rules.append((line.rstrip("/").lstrip("/"), line.endswith("/")))
-    return rules
-
-
-def _ignored(rel: str, is_dir: bool, rules: list[tuple[str, bool]]) -> bool:
-    for pattern, dirs_only in rules:
-        if dirs_only and not is_dir:
-            continue
-        subject = rel if "/" in pattern else rel.rpartition("/")[2]
-        if fnmatch.fnmatchcase(subject, pattern):
-            return True
-    return False
-
-
-def chart_files(chart: Path) -> list[str]:
-    """Returns the chart's file paths (relative, `/`-separated, sorted) that helm would load."""
-    rules = _ignore_rules(chart)
-    found: list[str] = []
-    for folder, dirs, files in os.walk(chart):
-        base = Path(folder).relative_to(chart).as_posix()
-        prefix = "" if base == "." else f"{base}/"
-        dirs[:] = [d for d in dirs if not _ignored(prefix + d, True, rules)]
-        found += [prefix + f for f in files if not _ignored(prefix + f, False, rules)]
-    return sorted(found)
-
-
-def _frame(h: Any, tag: str, data: bytes) -> None:
-    h.update(tag.encode() + b"\0" + len(data).to_bytes(8, "big") + data)
-
-
-def compute_digest(
-    chart: Path, values: Mapping[str, Any], extras: Mapping[str, str] | None = None
-) -> str:
-    """Returns `sha256:<hex>` over the chart's files, the values and the extras.
-
-    Any change to a template, a values layer, an image ID or a Secret changes the digest; the
-    same inputs give the same digest on any machine.
-    """
-    h = hashlib.sha256(_DIGEST_SCHEME)
-    for rel in chart_files(chart):
-        _frame(h, "file", rel.encode())
-        _frame(h, "content", (chart / rel).read_bytes())
-    _frame(h, "values", json.dumps(values, sort_keys=True, separators=(",", ":")).encode())
-    for key, value in sorted((extras or {}).items()):
-        _frame(h, "extra", f"{key}={value}".encode())
-    return f"sha256:{h.hexdigest()}"
-
-
-def _chart_defaults(chart: Path) -> dict[str, Any]:
-    """The chart's own values.yaml ({} when unreadable: helm's render reports that)."""
-    try:
-        defaults = yaml.safe_load((chart / "values.yaml").read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return {}
-    return defaults if isinstance(defaults, dict) else {}
-
-
-@dataclass(frozen=True)
-class DesiredRelease:
-    """One release as it should be: chart, final values (digest included) and its Secrets."""
-
-    name: str
-    namespace: str
-    chart: Path
-    values: dict[str, Any]
-    digest: str
-    secrets: tuple[SecretData, ...] = ()
-    wait: bool = True
-    timeout: int = 300
-    restart_window: restarts.WindowPolicy | None = None  # what a restart of its node waits for
-    # Renders made in this run, by (helm major, is_upgrade): preflight's check and the
-    # observation before the upgrade need the same one, and a render costs helm seconds.
-    renders: dict[tuple[int, bool], list[Any]] = field(
-        default_factory=dict, compare=False, repr=False
-    )
-
-    @property
-    def target(self) -> str:
-        return f"{self.namespace}/{self.name}"
-
-    @property
-    def step(self) -> str:
-        return f"release/{self.name}"
-
-    @property
-    def description(self) -> str:
-        return f"{DESCRIPTION_PREFIX}{self.digest}"
-
-
-def desired_release(
-    release: spec.Release, *, extras: Mapping[str, str] | None = None
-) -> DesiredRelease:
-    """Reads the chart, values files and secret files of a spec release into its desired state.
-
-    `extras` are further inputs the workloads depend on (e.g. `image/<ref>` -> image ID), so a
-    rebuilt image under the same tag changes the digest and rolls the pods.
-    """
-    chart = Path(release.chart)
-    secrets = []
-    parts = dict(extras or {})
-    for s in release.secrets:
-        data = {}
-        for key, path in s.files.items():
-            try:
-                data[key] = path.read_bytes()
-            except OSError as exc:
-                raise SpecError(f"{path}: cannot read secret file ({exc.strerror})") from None
-            parts[f"secret/{s.name}/{key}"] = hashlib.sha256(data[key]).hexdigest()
-        secrets.append(SecretData(release.namespace, s.name, data))
-    values = effective_values(release)
-    digest = compute_digest(chart, values, parts)
-    defaults = _chart_defaults(chart)
-    if POD_ANNOTATIONS in defaults:
-        values = merge_values(values, {POD_ANNOTATIONS: {DIGEST_ANNOTATION: digest}})
-    return DesiredRelease(
-        name=release.name,
-        namespace=release.namespace,
-        chart=chart,
-        values=values,
-        digest=digest,
-        secrets=tuple(secrets),
-        wait=release.wait,
-        timeout=release.timeout,
-        restart_window=restarts.policy_of(merge_values(defaults, values)),
-    )
 
 
 # -- observed state ---------------------------------------------------------------------------
@@ -347,84 +178,6 @@ async def _read_revisions(kube: Kube, name: str, namespace: str) -> tuple[Revisi
     return tuple(sorted((revision_from_secret(s) for s in secrets), key=lambda r: r.number))
 
 
-async def _render(helm: Helm, desired: DesiredRelease, upgrade: bool) -> list[Any]:
-    key = (helm.major, upgrade)
-    if key not in desired.renders:
-        desired.renders[key] = await _render_now(helm, desired, upgrade)
-    return desired.renders[key]
-
-
-async def _render_now(helm: Helm, desired: DesiredRelease, upgrade: bool) -> list[Any]:
-    chart = await _chart(helm, desired)
-    try:
-        docs = await helm.client.template_resources(
-            chart,
-            desired.name,
-            desired.values,
-            namespace=desired.namespace,
-            no_hooks=True,
-            is_upgrade=upgrade,
-        )
-        objects = list(docs)
-    except helm_errors.Error as exc:
-        raise release_error(desired.name, "template", exc) from None
-    except yaml.YAMLError:
-        raise ReleaseError(desired.name, "the chart renders invalid YAML") from None
-    return objects
-
-
-async def check_renders(helm: Helm, desired: DesiredRelease) -> None:
-    """Raises SpecError unless the chart renders with the release's values.
-
-    The chart's values schema and its own checks (`required`, `fail`) then refuse a values
-    mistake before anything is touched: bad input (exit 2), not an upgrade that fails after the
-    images were loaded and the releases before it were changed.
-    """
-    # The digest covers chart and values: once they rendered, they render again (a private
-    # marker, so a re-run skips the seconds helm takes; losing it only costs a render).
-    marker = paths.state_dir() / "rendered" / f"{_short(desired.digest)}-helm{helm.major}"
-    if marker.exists():
-        return
-    try:
-        await _render(helm, desired, upgrade=False)
-    except ReleaseError as exc:
-        raise SpecError(exc.message, hint="fix the release's values or valuesFiles") from None
-    paths.write_private(marker, b"")
-
-
-def _refs(objects: Iterable[Any]) -> list[ObjectRef]:
-    refs = []
-    for obj in objects:
-        if not isinstance(obj, dict) or not obj.get("kind") or not obj.get("apiVersion"):
-            continue
-        meta = obj.get("metadata") or {}
-        if meta.get("name"):
-            refs.append(
-                ObjectRef(obj["apiVersion"], obj["kind"], meta["name"], meta.get("namespace"))
-            )
-    return refs
-
-
-def _manifest_refs(manifest: str) -> list[ObjectRef]:
-    try:
-        return _refs(yaml.safe_load_all(manifest))
-    except yaml.YAMLError:
-        return []  # unreadable: treat every existing object as not yet applied
-
-
-async def _chart(helm: Helm, desired: DesiredRelease) -> pyhelm3.Chart:
-    try:
-        return await helm.client.get_chart(desired.chart)
-    except helm_errors.Error as exc:
-        raise release_error(desired.name, "show chart", exc) from None
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ReleaseError(
-            desired.name, f"{desired.chart}/Chart.yaml: {where}: {first['msg']}"
-        ) from None
-
-
 async def observe_release(
     kube: Kube, helm: Helm, desired: DesiredRelease, *, busy_wait: float = BUSY_WAIT
 ) -> ReleaseState:
@@ -456,8 +209,8 @@ async def observe_release(
         return state
     rendered = []
     existing = []
-    objects = await _render(helm, desired, upgrade=bool(revisions))
-    for ref in _refs(objects):
+    objects = await render(helm, desired, upgrade=bool(revisions))
+    for ref in refs(objects):
         ref = await kube.scoped(ref, ns)
         rendered.append(ref)
         live = await kube.get_object(ref)
@@ -465,7 +218,7 @@ async def observe_release(
             existing.append(ObservedObject(ref, owner_of(live)))
     good = next((r for r in reversed(revisions) if r.status in GOOD), None)
     applied = frozenset(
-        [(await kube.scoped(ref, ns)).key for ref in _manifest_refs(good.manifest)] if good else []
+        [(await kube.scoped(ref, ns)).key for ref in manifest_refs(good.manifest)] if good else []
     )
     restarting = (
         await restarts.observe_running(kube, ns, good.manifest, objects)
@@ -489,21 +242,17 @@ async def observe_release(
 async def observe_absent(helm: Helm, desired: DesiredRelease) -> ReleaseState:
     """The state of `desired` in a cluster that is still to be made (for `plan`): nothing
     stored, nothing live; the render says whether the chart brings its own namespace."""
-    objects = await _render(helm, desired, upgrade=False)
+    objects = await render(helm, desired, upgrade=False)
     return ReleaseState(
         desired.name,
         desired.namespace,
         namespace_exists=False,
         secrets={s.name: "absent" for s in desired.secrets},
-        rendered=tuple(_refs(objects)),
+        rendered=tuple(refs(objects)),
     )
 
 
 # -- planning (pure) --------------------------------------------------------------------------
-
-
-def _short(digest: str) -> str:
-    return digest.removeprefix("sha256:")[:12]
 
 
 def _renders_namespace(state: ReleaseState) -> bool:
@@ -562,7 +311,7 @@ def plan_release(
             prepare.append(Action(step, "apply-secret", f"{s.namespace}/{s.name}", how))
     if not recovery and state.up_to_date(desired.digest):
         assert latest is not None
-        detail = f"revision {latest.number}, digest {_short(desired.digest)}"
+        detail = f"revision {latest.number}, digest {short_digest(desired.digest)}"
         return [*prepare, Action(step, "up-to-date", target, detail)]
     for obj in state.existing:
         if not obj.owner.is_release(desired.name, desired.namespace):
@@ -572,7 +321,8 @@ def plan_release(
     else:
         was = "failed" if latest.status in PENDING else latest.status
         how = f"upgrade from revision {latest.number} ({was})"
-    upgrade = Action(step, "upgrade-release", target, f"{how}, digest {_short(desired.digest)}")
+    digest = short_digest(desired.digest)
+    upgrade = Action(step, "upgrade-release", target, f"{how}, digest {digest}")
     waits = [
         Action(step, "wait-restart-window", node.target, desired.restart_window.describe())
         for node in state.restarting
@@ -673,7 +423,7 @@ async def _adopt(kube: Kube, desired: DesiredRelease, ref: ObjectRef) -> bool:
 async def _upgrade(
     helm: Helm, desired: DesiredRelease, state: ReleaseState, deadline: float | None
 ) -> int:
-    chart = await _chart(helm, desired)
+    chart = await load_chart(helm, desired)
     # Helm 4 applies server-side, where a field another manager set stays unless the chart
     # sets it too: an adopted Deployment whose installer left `rollingUpdate` keeps it next to
     # the chart's `type: Recreate`, and the API rejects the pair. Taking objects over therefore

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from laconic_helm import cluster, containerd, images, preflight, releases, retire, verify
+from laconic_helm.desired import DesiredRelease, check_renders, desired_release
 from laconic_helm.errors import EXIT_BAD_INPUT, LaconicHelmError
 from laconic_helm.helm import connect as connect_helm
 from laconic_helm.kube import Kube
@@ -57,7 +58,7 @@ class Options:
 class Prepared:
     """Everything preflight learned; the steps act on it without asking again."""
 
-    desired: tuple[releases.DesiredRelease, ...]
+    desired: tuple[DesiredRelease, ...]
     cluster_state: ClusterState
     helm: Helm  # bound to the cluster's access already: one `helm version` per run
     images: tuple[images.LocalImage, ...]  # the spec's local images, inspected once
@@ -221,7 +222,7 @@ class ReleaseSeen:
 class ReleaseStep(Step[ReleaseSeen]):
     """One Helm release, then the removal of what it replaces (its `retire` section)."""
 
-    def __init__(self, release: Release, desired: releases.DesiredRelease) -> None:
+    def __init__(self, release: Release, desired: DesiredRelease) -> None:
         self.release = release
         self.desired = desired
         self.name = f"release {desired.name}"
@@ -307,7 +308,7 @@ class VerifyStep(Step[None]):
         return Done("ok" if probe.ok else "warning", probe.detail, probe.as_dict())
 
 
-def steps_for(spec: Spec, desired: Sequence[releases.DesiredRelease]) -> list[Step[Any]]:
+def steps_for(spec: Spec, desired: Sequence[DesiredRelease]) -> list[Step[Any]]:
     """The deploy's steps after preflight, in order."""
     found: list[Step[Any]] = [ClusterStep(spec)]
     if uses_kind_images(spec):
@@ -330,15 +331,11 @@ async def _image_list(spec: Spec) -> tuple[images.LocalImage, ...]:
     return tuple(await images.check_images(spec.images)) if uses_kind_images(spec) else ()
 
 
-def desired_releases(
-    spec: Spec, found: Sequence[images.LocalImage]
-) -> tuple[releases.DesiredRelease, ...]:
+def desired_releases(spec: Spec, found: Sequence[images.LocalImage]) -> tuple[DesiredRelease, ...]:
     """Reads every release's inputs; the IDs of the images it runs are part of its digest."""
     ids = {i.ref: i.id for i in found}
     return tuple(
-        releases.desired_release(
-            r, extras={f"image/{ref}": ids[ref] for ref in r.images if ref in ids}
-        )
+        desired_release(r, extras={f"image/{ref}": ids[ref] for ref in r.images if ref in ids})
         for r in spec.releases
     )
 
@@ -384,7 +381,7 @@ async def prepare(
     desired = await _attempt(asyncio.to_thread(desired_releases, spec, found or ()), problems)
     # The charts' own checks refuse a values mistake now.
     if helm is not None and desired is not None:
-        await together(*(_attempt(releases.check_renders(helm, r), problems) for r in desired))
+        await together(*(_attempt(check_renders(helm, r), problems) for r in desired))
     if state is not None:
         await _attempt(preflight.check_host(spec.cluster, state), problems)
         # Planning raises for a cluster we may not touch (not ours, or incompatible).

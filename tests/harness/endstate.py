@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from laconic_helm import images as image_loader
-from laconic_helm import releases
 from laconic_helm import spec as spec_model
+from laconic_helm.desired import DESCRIPTION_PREFIX, desired_release
 from tests.harness.client import CLUSTER_KINDS, PLURALS
 from tests.harness.deployment_under_test import (
     ObjectKey,
@@ -44,9 +44,7 @@ def expected_digests(spec_path: Path) -> dict[str, str]:
     spec = spec_model.load_spec(spec_path)
     ids = {i.ref: i.id for i in asyncio.run(image_loader.check_images(spec.images))}
     return {
-        r.name: releases.desired_release(
-            r, extras={f"image/{ref}": ids[ref] for ref in r.images}
-        ).digest
+        r.name: desired_release(r, extras={f"image/{ref}": ids[ref] for ref in r.images}).digest
         for r in spec.releases
     }
 
@@ -59,7 +57,7 @@ def converged_release(api: KubeAPI, namespace: str, name: str, digest: str) -> d
     stuck = [s for s in statuses if s.startswith("pending") or s == "uninstalling"]
     assert not stuck, f"release {name} keeps revisions {statuses}"
     record = decode_release(release_secrets(api, namespace, name)[-1])
-    assert record["info"]["description"] == f"{releases.DESCRIPTION_PREFIX}{digest}"
+    assert record["info"]["description"] == f"{DESCRIPTION_PREFIX}{digest}"
     return record
 
 
