@@ -14,7 +14,7 @@ from laconic_helm.spec import parse_spec
 if TYPE_CHECKING:
     import pytest
 
-    from laconic_helm.plan import Action
+    from laconic_helm.actions import Action
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 

@@ -35,10 +35,10 @@ from laconic_helm.steps import (
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from laconic_helm.actions import Action
     from laconic_helm.cluster import ClusterAccess
     from laconic_helm.helm import Helm
     from laconic_helm.output import Reporter
-    from laconic_helm.plan import Action
     from laconic_helm.spec import Spec
 
 __all__ = ["Options", "deploy", "down", "plan", "status", "watch_status"]

@@ -16,11 +16,11 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from laconic_helm import docker
+from laconic_helm.actions import Action
 from laconic_helm.archive import chain_ids
 from laconic_helm.containerd import GC_ROOT, NodeState, ctr, get_node_state
 from laconic_helm.errors import CommandError, ImageLoadError, UserError
 from laconic_helm.output import human_bytes
-from laconic_helm.plan import Action
 from laconic_helm.stream import ArchiveSource, docker_save, load
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ _ID_REF = re.compile(r"^(sha256:)?[0-9a-f]{64}$")
 _NO_SUCH_IMAGE = "(?i)no such image: "
 
 STEP = "images"
-Verb = Literal["retag-image", "load-image"]  # the shared vocabulary's image verbs (plan.VERBS)
+Verb = Literal["retag-image", "load-image"]  # the shared vocabulary's image verbs (actions.VERBS)
 Outcome = Literal["up-to-date", "retag-image", "load-image"]  # what happened to an image
 
 

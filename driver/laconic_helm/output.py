@@ -13,8 +13,8 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
 
+    from laconic_helm.actions import Action
     from laconic_helm.cluster import ClusterState
-    from laconic_helm.plan import Action
 
 OutputMode = Literal["human", "json"]
 StepStatus = Literal["ok", "changed", "skipped", "warning", "failed"]

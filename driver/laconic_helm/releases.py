@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from pyhelm3 import errors as helm_errors
 
 from laconic_helm import restarts
+from laconic_helm.actions import Action
 from laconic_helm.desired import (
     DIGEST_ANNOTATION,
     POD_ANNOTATIONS,
@@ -59,7 +60,6 @@ from laconic_helm.kube import (
     owner_of,
 )
 from laconic_helm.kube import HELM as HELM_MANAGER
-from laconic_helm.plan import Action
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable, Mapping

@@ -26,10 +26,10 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from laconic_helm.actions import Action
 from laconic_helm.errors import ReleaseError
 from laconic_helm.kube import HELM as HELM_MANAGER
 from laconic_helm.kube import Kube, ObjectRef, owner_of
-from laconic_helm.plan import Action
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence

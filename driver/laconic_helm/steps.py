@@ -2,7 +2,7 @@
 
 Preflight checks everything first and touches nothing; then come the steps: the cluster, the
 images (kind only), each release in order, each release's RPC check. A step's `observe` only
-reads, its `plan` is pure and returns the shared `Action`s (plan.VERBS), its `apply` carries
+reads, its `plan` is pure and returns the shared `Action`s (actions.VERBS), its `apply` carries
 them out, re-checking as it goes. `plan` is observe + plan over the list, `deploy` adds apply,
 and `status` shows the observations, so none of them keeps its own copy of the sequence.
 
@@ -27,10 +27,10 @@ from laconic_helm.kube import Kube
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Coroutine, Sequence
 
+    from laconic_helm.actions import Action
     from laconic_helm.cluster import ClusterState
     from laconic_helm.helm import Helm
     from laconic_helm.output import Reporter, StepStatus
-    from laconic_helm.plan import Action
     from laconic_helm.spec import Cluster, Release, Spec
 
 T = TypeVar("T")

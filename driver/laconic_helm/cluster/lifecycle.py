@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from laconic_helm import docker, paths, proc
+from laconic_helm.actions import Action
 from laconic_helm.cluster.access import ClusterAccess, ensure_kubeconfig
 from laconic_helm.cluster.kindconfig import patches_digest, render_kind_config
 from laconic_helm.cluster.memlock import write_memlock_spec
@@ -29,7 +30,6 @@ from laconic_helm.cluster.record import (
     write_record,
 )
 from laconic_helm.errors import ClusterError, CommandError
-from laconic_helm.plan import Action
 from laconic_helm.tools import tool_path
 
 if TYPE_CHECKING:

@@ -11,12 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from laconic_helm.actions import Action
 from laconic_helm.cluster.kindconfig import patches_digest
 from laconic_helm.cluster.memlock import MEMLOCK_RUNTIME
 from laconic_helm.cluster.nodes import api_binding
 from laconic_helm.cluster.observe import stopped_problem
 from laconic_helm.errors import ClusterError, UserError
-from laconic_helm.plan import Action
 
 if TYPE_CHECKING:
     from laconic_helm.cluster.nodes import PortBinding

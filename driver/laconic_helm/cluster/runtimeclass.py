@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from laconic_helm.actions import Action
 from laconic_helm.cluster.memlock import MEMLOCK_RUNTIME
 from laconic_helm.cluster.planning import STEP
 from laconic_helm.errors import ClusterError
 from laconic_helm.kube import ObjectRef
-from laconic_helm.plan import Action
 
 if TYPE_CHECKING:
     from laconic_helm.kube import Kube
