@@ -23,6 +23,7 @@ from laconic_helm.desired import (
     chart_files,
     compute_digest,
     desired_release,
+    load_chart,
     merge_values,
     refs,
     render,
@@ -435,7 +436,7 @@ def test_render_failure_names_the_release(helm_bin: str, chart: Path, tmp_path: 
 def test_project_charts_load_as_pyhelm3_charts(helm_bin: str, name: str) -> None:
     helm = _connect(helm_bin)
     desired = DesiredRelease(name, "apps", REPO / "charts" / name, {}, DIGEST)
-    chart = asyncio.run(releases._chart(helm, desired))
+    chart = asyncio.run(load_chart(helm, desired))
     assert chart.metadata.name == name
 
 

@@ -277,7 +277,7 @@ def manifest_refs(manifest: str) -> list[ObjectRef]:
 
 async def load_chart(helm: Helm, desired: DesiredRelease) -> pyhelm3.Chart:
     try:
-        return await helm.client.getload_chart(desired.chart)
+        return await helm.client.get_chart(desired.chart)
     except helm_errors.Error as exc:
         raise release_error(desired.name, "show chart", exc) from None
     except ValidationError as exc:
