@@ -2,7 +2,7 @@
 exits with it — 2 for bad input (a spec, file, image or value that is wrong; a missing tool),
 4 while another run holds the deployment's lock — with one JSON report under `-o json`, given
 before or after the subcommand. Codes 0, 1 and 3 are shown through the real runs of
-tests/test_deploy.py, test_e2e.py, test_interrupt.py and test_faults.py."""
+tests/test_commands.py, test_e2e.py, test_interrupt.py and test_faults.py."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ import asyncio
 import json
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 TIMEOUT = 10.0
@@ -89,17 +89,10 @@ class NodeHealth:
         return max(self.shred_slot - self.slot, 0)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "url": self.url,
-            "host": self.host,
-            "reachable": self.reachable,
-            "health": self.health,
-            "slot": self.slot,
-            "shredSlot": self.shred_slot,
-            "lag": self.lag,
-            "version": self.version,
-            "identity": self.identity,
-        }
+        """The fields as `status` reports them (camelCase, as the RPC names them), with lag."""
+        doc = asdict(self)
+        doc["shredSlot"] = doc.pop("shred_slot")
+        return {**doc, "lag": self.lag}
 
     def line(self, release: str) -> str:
         if not self.reachable:
