@@ -1,5 +1,6 @@
-"""commands: deploy, plan and status over the whole sequence through the real CLI, against the harness (kind stand-in nodes with
-real containerd, a real Kubernetes API per cluster, real helm 3 and 4, the real charts)."""
+"""commands: deploy, plan and status over the whole sequence, through the real CLI, against the
+harness (kind stand-in nodes with real containerd, a real Kubernetes API per cluster, real helm
+3 and 4, the real charts)."""
 
 from __future__ import annotations
 
