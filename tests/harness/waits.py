@@ -7,8 +7,8 @@ then everything takes several times as long as on a quiet machine. So:
   ceiling only matters when the thing never comes, so it costs nothing to make it large, and
   the failure names what was awaited;
 - a budget a test asserts (a `--deadline` that must fire at a given point) is derived from a
-  run of the same kind timed just before (`timed`, `scaled`), never a constant tuned on a
-  quiet machine.
+  run of the same kind timed just before (`timed`), never a constant tuned on a quiet
+  machine.
 """
 
 from __future__ import annotations
@@ -53,9 +53,3 @@ def timed(work: Callable[[], T]) -> tuple[T, float]:
     started = time.monotonic()
     result = work()
     return result, time.monotonic() - started
-
-
-def scaled(baseline: float, factor: float, floor: float = 0.0) -> float:
-    """A budget `factor` times a measured `baseline` (at least `floor`): it grows with the
-    machine's load as the baseline does."""
-    return max(floor, baseline * factor)
