@@ -4,6 +4,7 @@ harness (kind stand-in nodes with real containerd, a real Kubernetes API per clu
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,8 +13,10 @@ from typing import Any
 import pytest
 import yaml
 
+from laconic_helm.helm import STOP_GRACE
+from laconic_helm.releases import MIN_HELM_SECONDS
 from tests.harness import deployment_under_test as d
-from tests.harness import nodes
+from tests.harness import nodes, waits
 from tests.harness.pytest_fixtures import KindCLI
 
 # Its images are random bytes and its waits are made by switching the kubelet stand-in off; on
@@ -41,9 +44,9 @@ class Deployment:
     def cluster(self) -> str:
         return self.runner.cluster
 
-    def run(self, *args: str) -> tuple[int, dict[str, Any], str]:
+    def run(self, *args: str, timeout: float = 600) -> tuple[int, dict[str, Any], str]:
         """(exit code, JSON report, the error line and stderr: what a failed assert shows)."""
-        done = self.runner.run(*args)
+        done = self.runner.run(*args, timeout=timeout)
         return done.code, done.report, f"{done.error}\n{done.stderr}"
 
 
@@ -124,14 +127,36 @@ def test_plan_and_status_read_only(deployment: Deployment, kind_cli: KindCLI) ->
     assert code == 2 and report["error"].startswith("--release: no release 'nope'")
 
 
+# On a quiet machine the work before the first release (preflight, creating the cluster,
+# loading the images) takes about 13 times a preflight-only `plan`; the deadline allows 3 times
+# that, scaled from a `plan` timed just before, so it grows with the machine's load.
+PLANS_BEFORE_FIRST_RELEASE = 40
+
+
+def _deadline_inside_first_release(deployment: Deployment) -> float:
+    """A --deadline that falls inside caddy-ingress's helm wait, from a measured `plan`; the
+    release's own helm timeout is set past it, so the deadline stops helm, not helm itself."""
+    (code, _, err), plan_seconds = waits.timed(lambda: deployment.run("plan"))
+    assert code == 0, err
+    deadline = STOP_GRACE + MIN_HELM_SECONDS + PLANS_BEFORE_FIRST_RELEASE * plan_seconds
+    doc = yaml.safe_load(deployment.runner.spec.read_text())
+    doc["releases"][0]["timeout"] = math.ceil(deadline)
+    deployment.runner.spec.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return deadline
+
+
 def test_deadline_stops_cleanly_and_next_run_completes(
     deployment: Deployment, kind_cli: KindCLI
 ) -> None:
     # Without the kubelet stand-in nothing becomes ready, so helm --wait can only time out:
     # the deadline must stop it first, with the release recorded failed, never pending.
-    code, report, err = deployment.run("deploy", "--deadline", "60")
+    deadline = _deadline_inside_first_release(deployment)
+    code, report, err = deployment.run(
+        "deploy", "--deadline", f"{deadline:.0f}", timeout=2 * deadline
+    )
     assert code == 3, err
     assert "re-run to continue" in report["error"]
+    assert "caddy-ingress" in report["error"], f"--deadline {deadline:.0f} fell short: {err}"
     api = kind_cli.api(deployment.cluster)
     statuses = _release_status(api, "caddy-system", "caddy-ingress")
     assert statuses and not any(s.startswith("pending") for s in statuses)

@@ -25,7 +25,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +36,7 @@ import yaml
 from laconic_helm import images as image_loader
 from tests.conftest import helm_binary
 from tests.harness import deployment_under_test as dep
-from tests.harness import endstate, nodes, standin
+from tests.harness import endstate, nodes, standin, waits
 from tests.harness import injection as inj
 from tests.harness.api import KubeAPI
 from tests.harness.client import Client
@@ -51,7 +50,10 @@ NAMESPACES = {CADDY: dep.CADDY_NAMESPACE, AGAVE: dep.AGAVE_NAMESPACE}
 # Layer sizes: enough bytes that a stream is caught part-way, few enough to reload per trial.
 LAYERS = ((2 << 20, 2 << 20), (4 << 20, 36 << 20, 4 << 20))
 STREAM_BYTES = sum(sum(sizes) for sizes in LAYERS)
-INTERRUPTED_WAIT = 90.0  # seconds an interrupted run may take to stop (helm's grace included)
+# Ceilings (polled, so only a run that hangs uses them up): an interrupted run's stop (helm's
+# grace included), and the way to an injection point, which may first create the cluster.
+INTERRUPTED_WAIT = waits.CEILING
+REACH = 2 * waits.CEILING
 
 
 # --- the world: one cluster reused by the trials, put into each starting state ------------------
@@ -205,21 +207,20 @@ def _delete_all(client: Client, keep: set[dep.ObjectKey], namespaces: set[str] |
         for plural in ("deployments", "statefulsets", "daemonsets"):
             for item in client.get(f"/apis/apps/v1/namespaces/{ns}/{plural}")["items"]:
                 client.delete(f"/apis/apps/v1/namespaces/{ns}/{plural}/{item['metadata']['name']}")
-    _wait_for(lambda: not _force_delete_pods(client, wanted), "pods to be deleted")
+    waits.wait_until(lambda: not _force_delete_pods(client, wanted), "pods to be deleted")
     for plural, ns, name in doomed:
         if plural == "namespaces":
             client.delete(f"/api/v1/namespaces/{name}")
         elif not ns and namespaces is None:
             client.delete(f"/{paths[plural]}/{plural}/{name}")
-    _wait_for(
+    waits.wait_until(
         lambda: all(client.get_or_none(f"/api/v1/namespaces/{n}") is None for n in wanted),
         f"namespaces {sorted(wanted)} to be deleted",
-        timeout=120,
     )
     if namespaces is None or dep.AGAVE_NAMESPACE in namespaces:
         # The claim went with its namespace: the volume is released; offer it anew.
         client.delete(f"/api/v1/persistentvolumes/{dep.LEDGER_VOLUME}")
-        _wait_for(lambda: _volume_available(client), "the ledger volume to be offered again")
+        waits.wait_until(lambda: _volume_available(client), "the ledger volume to be offered again")
 
 
 def _force_delete_pods(client: Client, namespaces: set[str]) -> int:
@@ -235,13 +236,6 @@ def _force_delete_pods(client: Client, namespaces: set[str]) -> int:
 def _volume_available(client: Client) -> bool:
     pv = client.get_or_none(f"/api/v1/persistentvolumes/{dep.LEDGER_VOLUME}")
     return pv is not None and pv.get("status", {}).get("phase") == "Available"
-
-
-def _wait_for(check: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def _drop_releases(world: World) -> None:
@@ -274,7 +268,7 @@ def _leave_killed_helm(world: World, major: int, status: str) -> None:
         world.deployment("base", major).argv("deploy"), world.deployment("base", major).env
     )
     probe = inj.Probe(run, lambda: world.client)
-    inj.inject(run, probe, _agave_status(status), "SIGKILL-helm", 120)
+    inj.inject(run, probe, _agave_status(status), "SIGKILL-helm", REACH)
     assert run.wait(INTERRUPTED_WAIT) == 1, run.stderr
     assert dep.release_statuses(world.api, dep.AGAVE_NAMESPACE, AGAVE)[-1] == status
 
@@ -291,7 +285,7 @@ def _leave_uninstalling(world: World, major: int) -> None:
     helm = subprocess.Popen(argv, env={**os.environ, "HELM_DRIVER": "secret"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
-        _wait_for(
+        waits.wait_until(
             lambda: (
                 dep.release_statuses(world.api, dep.AGAVE_NAMESPACE, AGAVE)[-1] == "uninstalling"
             ),
@@ -791,7 +785,7 @@ def run_trial(world: World, trial: Trial) -> None:
     with _kubelet_if(world, point.kubelet, fresh=not exists):
         run, code, fired = inj.interrupt(
             deployment.argv("deploy"), deployment.env, api, point.trigger(ctx), trial.signal,
-            reach=240, stop=INTERRUPTED_WAIT,
+            reach=REACH, stop=INTERRUPTED_WAIT,
         )  # fmt: skip
     _expect_interrupted(trial, run, code)
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.harness import waits
 from tests.harness.audit import AuditLog, Write
 from tests.harness.client import Client
 from tests.harness.kubelet import ImageCheck, Kubelet
@@ -64,13 +64,11 @@ class KubeAPI:
             "/api/v1/namespaces",
             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}},
         )
-        deadline = time.monotonic() + 60
-        while (
-            self.harness.get_or_none(f"/api/v1/namespaces/{name}/serviceaccounts/default") is None
-        ):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"namespace {name} got no default ServiceAccount")
-            time.sleep(0.05)
+        waits.wait_until(
+            lambda: self.harness.get_or_none(f"/api/v1/namespaces/{name}/serviceaccounts/default"),
+            f"namespace {name}'s default ServiceAccount",
+            interval=0.05,
+        )
         return name
 
     def delete_namespace(self, name: str) -> None:

@@ -9,11 +9,11 @@ that finished earlier can still be on its way to the file.
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from tests.harness import waits
 from tests.harness.client import Client
 
 
@@ -45,21 +45,22 @@ class AuditLog:
         self._read_from = read_from
         self._seen = 0  # the log only grows: a barrier need not read what came before this
 
-    def _barrier(self, timeout: float = 10.0) -> int:
+    def _barrier(self, ceiling: float = waits.CEILING) -> int:
         """Returns the log size once a fresh barrier event is in it."""
         audit_id = str(uuid.uuid4())
         self._harness.request("GET", "/version", headers={"Audit-ID": audit_id})
         needle = audit_id.encode()
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def reached() -> bool:
             data = self._read_from(self._seen)
             complete = data[: data.rfind(b"\n") + 1]  # a concurrent event may be half-written
-            if needle in complete:
-                self._seen += len(complete)
-                return self._seen
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"audit barrier {audit_id} never reached the audit log")
-            time.sleep(0.05)
+            if needle not in complete:
+                return False
+            self._seen += len(complete)
+            return True
+
+        waits.wait_until(reached, f"audit barrier {audit_id} to reach the log", ceiling, 0.05)
+        return self._seen
 
     def mark(self) -> int:
         """A position in the log; pass it to writes_since."""

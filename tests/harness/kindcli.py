@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -26,11 +25,10 @@ from typing import Any
 
 import yaml
 
-from tests.harness import controlplane, kindconfig, kubelet, nodes, standin
+from tests.harness import controlplane, kindconfig, kubelet, nodes, standin, waits
 from tests.harness.client import Client
 
 KIND_VERSION = "v0.33.0"
-API_READY_TIMEOUT = 120.0
 
 
 class KindError(Exception):
@@ -316,9 +314,7 @@ def _wait_for_api(plane: str, files: dict[str, bytes], port: int, address: str) 
         client = Client(controlplane.credentials(pki_dir, f"https://{host}:{port}", "harness"))
     try:
         controlplane.wait_until_serving(
-            client,
-            time.monotonic() + API_READY_TIMEOUT,
-            f"see /var/log/kubernetes/*.log in node {plane}",
+            client, waits.CEILING, lambda: f"see /var/log/kubernetes/*.log in node {plane}"
         )
     except RuntimeError as exc:
         raise KindError(f"failed to init node with kubeadm: {exc}") from exc

@@ -13,10 +13,11 @@ import os
 import shutil
 import subprocess
 import tarfile
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.harness import waits
 
 CLUSTER_LABEL = "io.x-k8s.kind.cluster"
 ROLE_LABEL = "io.x-k8s.kind.role"
@@ -186,18 +187,22 @@ def _files_tar(files: Mapping[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
-def wait_ready(node: str, timeout: float = 30.0) -> None:
-    """Waits until the node's containerd answers `ctr version`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        done = subprocess.run(
-            ["docker", "exec", node, "ctr", "version"], capture_output=True, check=False
-        )
-        if done.returncode == 0:
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"containerd in {node} did not answer: {done.stderr.decode()}")
-        time.sleep(0.2)
+def wait_ready(node: str, ceiling: float = waits.CEILING) -> None:
+    """Waits until the node's containerd answers `ctr version` (polling: a loaded host starts
+    it late)."""
+    last: list[subprocess.CompletedProcess[bytes]] = []
+
+    def answers() -> bool:
+        last[:] = [
+            subprocess.run(
+                ["docker", "exec", node, "ctr", "version"], capture_output=True, check=False
+            )
+        ]
+        return last[0].returncode == 0
+
+    waits.wait_until(
+        answers, f"containerd in {node} to answer", ceiling, why=lambda: last[0].stderr.decode()
+    )
 
 
 def create_cluster(cluster: str, specs: Sequence[NodeSpec] | None = None) -> list[str]:

@@ -10,13 +10,13 @@ import json
 import os
 import shutil
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.harness import waits
 from tests.harness.controlplane import _die_with_parent
 from tests.harness.loopback import free_port
 
@@ -82,7 +82,7 @@ def _serving(host: str) -> bool:
 
 
 @contextlib.contextmanager
-def running(binary: str, workdir: Path, timeout: float = 30.0) -> Iterator[Registry]:
+def running(binary: str, workdir: Path, ceiling: float = waits.CEILING) -> Iterator[Registry]:
     """Starts the registry in `workdir` (config, storage, log) and stops it when the block ends."""
     port = free_port()
     storage = workdir / "storage"
@@ -103,13 +103,13 @@ def running(binary: str, workdir: Path, timeout: float = 30.0) -> Iterator[Regis
         )
     host = f"127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout
-        while not _serving(host):
+
+        def serving() -> bool:
             if proc.poll() is not None:
                 raise RuntimeError(f"registry exited {proc.returncode}; log: {log.read_text()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"registry not serving after {timeout} s; log in {log}")
-            time.sleep(0.1)
+            return _serving(host)
+
+        waits.wait_until(serving, f"the registry to serve (log in {log})", ceiling, 0.1)
         yield Registry(host=host, log=log)
     finally:
         proc.terminate()
