@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from pyhelm3 import errors as helm_errors
 from laconic_helm import helm
 from laconic_helm.errors import ToolMissingError
 from laconic_helm.helm import classify, release_error
+from tests.harness.waits import wait_until
 
 
 @pytest.mark.unit
@@ -110,10 +110,11 @@ def test_helm_command_lines_that_hold_a_release(argv: list[str], hit: bool) -> N
 def _stand_in_helm(*args: str) -> subprocess.Popen[bytes]:
     """/bin/sh under the name "helm", with helm's arguments after its own, alive until killed."""
     child = subprocess.Popen(["helm", "-c", "sleep 30", *args], executable="/bin/sh")
-    deadline = time.monotonic() + 10
-    while not Path(f"/proc/{child.pid}/cmdline").read_bytes().startswith(b"helm\0"):
-        assert time.monotonic() < deadline, "the stand-in helm never showed up"
-        time.sleep(0.05)  # until exec'd
+    wait_until(  # until exec'd
+        lambda: Path(f"/proc/{child.pid}/cmdline").read_bytes().startswith(b"helm\0"),
+        "the stand-in helm to show up",
+        interval=0.05,
+    )
     return child
 
 

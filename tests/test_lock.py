@@ -20,6 +20,7 @@ import pytest
 from laconic_helm import paths
 from laconic_helm.errors import EXIT_LOCKED, LockHeld
 from laconic_helm.lock import deployment_lock
+from tests.harness.waits import wait_until
 
 pytestmark = pytest.mark.unit
 
@@ -44,10 +45,7 @@ def _holder(state: Path, ready: Path) -> subprocess.Popen[bytes]:
         """
     )
     proc = subprocess.Popen([sys.executable, "-c", code])
-    deadline = time.monotonic() + 10
-    while not ready.exists():
-        assert time.monotonic() < deadline, "holder never took the lock"
-        time.sleep(0.05)
+    wait_until(ready.exists, "the holder to take the lock", interval=0.05)
     return proc
 
 
@@ -177,10 +175,12 @@ def test_root_and_other_users_contend_on_one_host_wide_lock(host_locks: Path) ->
     ready = host_locks.parent / "ready"
     holder = _as_user(_OTHER_UIDS[0], host_locks, ready, wait=0)
     try:
-        deadline = time.monotonic() + 10
-        while not ready.exists():
-            assert holder.poll() is None and time.monotonic() < deadline, "holder never locked"
-            time.sleep(0.05)
+
+        def locked() -> bool:
+            assert holder.poll() is None, "the holder exited before it locked"
+            return ready.exists()
+
+        wait_until(locked, "the other user's holder to lock", interval=0.05)
 
         async def as_root() -> None:
             async with deployment_lock("lab", wait=0.3):

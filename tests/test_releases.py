@@ -28,6 +28,7 @@ from laconic_helm.helm import live_helm_pids as helm_live_pids
 from laconic_helm.releases import ObservedObject, ReleaseState, Revision
 from tests.harness import laconic_so
 from tests.harness.client import collection_path
+from tests.harness.waits import wait_until
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -336,11 +337,12 @@ class World:
 
     def kill_when(self, child: subprocess.Popen[bytes], status: str) -> None:
         """SIGKILLs `child` (helm) once the release's newest revision has `status`."""
-        deadline = time.monotonic() + 60
-        while self.latest() != status:
+
+        def reached() -> bool:
             assert child.poll() is None, f"helm exited early: {child.stderr.read().decode()}"
-            assert time.monotonic() < deadline, f"release never reached {status}"
-            time.sleep(0.1)
+            return self.latest() == status
+
+        wait_until(reached, f"the release's newest revision to be {status}", interval=0.1)
         child.kill()
         child.wait()
 
@@ -545,10 +547,11 @@ def test_a_release_a_live_helm_works_on_is_left_alone(world: World) -> None:
     try:
         # Once its last object (the Deployment) exists, helm only waits: no more writes.
         deployment = f"/apis/apps/v1/namespaces/{world.ns}/deployments/{world.name}"
-        deadline = time.monotonic() + 60
-        while world.latest() != "pending-install" or world.get(deployment) is None:
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_until(
+            lambda: world.latest() == "pending-install" and world.get(deployment) is not None,
+            "helm to create the Deployment of its pending install",
+            interval=0.1,
+        )
         mark = world.api.mark()
         with pytest.raises(ReleaseError, match=rf"pid {child.pid}\)? is still working on it"):
             world.ensure(world.desired(HANG), busy_wait=1)

@@ -23,6 +23,7 @@ import pytest
 
 from tests.harness.deployment_under_test import base58
 from tests.harness.loopback import free_port_pair
+from tests.harness.waits import wait_until
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -201,6 +202,15 @@ def run_agave_validator(
     )
 
 
+def _answers(node: Node) -> str | None:
+    """ "up" once the node answers RPC, "exited" when it never will, None meanwhile."""
+    try:
+        node.result("getSlot")
+        return "up"
+    except OSError:
+        return "exited" if node.run.proc.poll() is not None else None
+
+
 @pytest.fixture
 def start_node(
     binaries: Path, tmp_path: Path, launch: Callable[..., Running]
@@ -208,19 +218,16 @@ def start_node(
     """Starts the node under one of its install names, with a fresh ledger, once it answers."""
 
     def start(*flags: str, program: str = "solana-test-validator", **env: str) -> Node:
-        port = free_port_pair("0.0.0.0")
-        ledger = tmp_path / "ledger"  # made by the node
-        argv = [binaries / program, "--rpc-port", str(port), "--ledger", ledger, *flags]
-        node = Node(launch(argv, **env), port, ledger, binaries)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                node.result("getSlot")
+        for _ in range(3):  # another process may take the picked port before the node binds
+            port = free_port_pair("0.0.0.0")
+            ledger = tmp_path / "ledger"  # made by the node
+            argv = [binaries / program, "--rpc-port", str(port), "--ledger", ledger, *flags]
+            node = Node(launch(argv, **env), port, ledger, binaries)
+            answer = wait_until(lambda: _answers(node), "the node to answer", why=node.run.output)  # noqa: B023
+            if answer == "up":
                 return node
-            except OSError:
-                if node.run.proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"the node did not answer; output:\n{node.run.output()}")
-                time.sleep(0.05)
+            shutil.rmtree(ledger, ignore_errors=True)
+        pytest.fail(f"the node exited at start on three free ports; output:\n{node.run.output()}")
 
     return start
 
@@ -538,10 +545,9 @@ def test_kindnet_writes_the_ipv4_conflist_and_runs_until_sigterm(
     env = {"POD_SUBNET": "10.244.0.0/16,fd00:10:244::/56", "CNI_CONFIG_PATH": str(config)}
 
     first = launch([binaries / "kindnet-standin"], **env)
-    deadline = time.monotonic() + 10
-    while not config.exists():
-        assert time.monotonic() < deadline, first.output()
-        time.sleep(0.05)
+    wait_until(
+        config.exists, "kindnet-standin to write its config", interval=0.05, why=first.output
+    )
     assert json.loads(config.read_text()) == expected_conflist("10.244.0.0/16")
     assert [p.name for p in netd.iterdir()] == [config.name]
     time.sleep(0.3)
@@ -551,10 +557,12 @@ def test_kindnet_writes_the_ipv4_conflist_and_runs_until_sigterm(
     # The same subnet again: the file is left as it is (a rename would give a new inode).
     inode = config.stat().st_ino
     second = launch([binaries / "kindnet-standin"], **env)
-    deadline = time.monotonic() + 10
-    while "up to date" not in second.stderr.read_text():
-        assert time.monotonic() < deadline, second.output()
-        time.sleep(0.05)
+    wait_until(
+        lambda: "up to date" in second.stderr.read_text(),
+        "kindnet-standin to find its config up to date",
+        interval=0.05,
+        why=second.output,
+    )
     assert second.stop() == 0
     assert config.stat().st_ino == inode
 

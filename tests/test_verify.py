@@ -16,6 +16,7 @@ import pytest
 
 from laconic_helm.verify import probe_rpc, read_health
 from tests.harness.loopback import free_port_pair, serving
+from tests.harness.waits import wait_until
 
 pytestmark = pytest.mark.unit
 
@@ -100,18 +101,22 @@ def node(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     binary = shutil.which("agave-standin")
     if binary is None:
         pytest.fail("agave-standin not provisioned (scripts/provision-tools)")
-    port, ledger = free_port_pair(), tmp_path / "ledger"
-    process = subprocess.Popen(
-        [binary, "solana-test-validator", "--rpc-port", str(port), "--ledger", str(ledger)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}/"
+    for attempt in range(3):  # another process may take the picked port before the node binds
+        port, ledger = free_port_pair(), tmp_path / f"ledger-{attempt}"
+        process = subprocess.Popen(
+            [binary, "solana-test-validator", "--rpc-port", str(port), "--ledger", str(ledger)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_until(
+            lambda: (ledger / "admin.rpc").exists() or process.poll() is not None,  # noqa: B023
+            "the agave stand-in to start",
+        )
+        if process.poll() is None:
+            break
+    else:
+        pytest.fail("the agave stand-in exited at start on three free ports")
     try:
-        deadline = time.monotonic() + 30
-        while not (ledger / "admin.rpc").exists():
-            assert time.monotonic() < deadline and process.poll() is None, "the node did not start"
-            time.sleep(0.05)
-        yield url, ledger
+        yield f"http://127.0.0.1:{port}/", ledger
     finally:
         process.terminate()
         process.wait(30)
