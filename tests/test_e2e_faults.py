@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from laconic_helm import containerd
 from laconic_helm import images as image_loader
 from tests.harness import deployment_under_test as dep
 from tests.harness import e2e, endstate, laconic_so, nodes, realkind
@@ -368,7 +369,7 @@ def check_converged(world: World, variant: str, mark: int | None) -> None:
     for ref in spec["images"]:
         assert image_loader.containerd_name(ref) in held, f"node lacks {ref}"
     content = _node_ctr(world, "content", "ls")
-    assert image_loader.HOLD_MARK not in content, "an interrupted load's marks were left"
+    assert containerd.HOLD_MARK not in content, "an interrupted load's marks were left"
 
     if mark is not None:
         lost = [

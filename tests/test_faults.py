@@ -33,6 +33,7 @@ from typing import Any
 import pytest
 import yaml
 
+from laconic_helm import containerd
 from laconic_helm import images as image_loader
 from tests.conftest import helm_binary
 from tests.harness import deployment_under_test as dep
@@ -253,11 +254,11 @@ def _drop_images(world: World) -> None:
         nodes.docker("exec", world.node, "ctr", "-n", "k8s.io", "images", "rm", "--sync", *gone)
     content = nodes.docker("exec", world.node, "ctr", "-n", "k8s.io", "content", "ls")
     for line in content.splitlines()[1:]:
-        if image_loader.HOLD_MARK in line:
+        if containerd.HOLD_MARK in line:
             digest = line.split()[0]
             nodes.docker(
                 "exec", world.node, "ctr", "-n", "k8s.io", "content", "label", digest,
-                f"{image_loader.GC_ROOT}=",
+                f"{containerd.GC_ROOT}=",
             )  # fmt: skip
 
 
@@ -835,7 +836,7 @@ def check_converged(world: World, variant: str, mark: int, claim: str | None, da
             assert ready == wanted, f"deployment {ns}/{item['metadata']['name']} not ready"
 
     wanted_images = asyncio.run(image_loader.check_images(spec["images"]))
-    state = asyncio.run(image_loader.get_node_state(world.node))
+    state = asyncio.run(containerd.get_node_state(world.node))
     for image in wanted_images:
         assert state.holds(image), f"node {world.node} lacks {image.ref}"
     assert not state.marked(), "an interrupted load's marks were left behind"
