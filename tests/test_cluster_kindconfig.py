@@ -24,6 +24,10 @@ def test_default_config_is_one_labelled_control_plane() -> None:
         "  kind: KubeletConfiguration\n"
         "  containerLogMaxSize: 200Mi\n"
         "  containerLogMaxFiles: 5\n"
+        "containerdConfigPatches:\n"
+        "- |\n"
+        '  [plugins."io.containerd.grpc.v1.cri".registry]\n'
+        '    config_path = "/etc/containerd/certs.d"\n'
         "nodes:\n"
         "- role: control-plane\n"
         "  labels:\n"
@@ -71,7 +75,8 @@ def test_config_carries_ports_mounts_image_and_memlock(tmp_path: Path) -> None:
         {"hostPath": str(memlock), "containerPath": MEMLOCK_SPEC_IN_NODE,
          "readOnly": True, "propagation": "None"},
     ]  # fmt: skip
-    (patch,) = doc["containerdConfigPatches"]
+    hosts, patch = doc["containerdConfigPatches"]
+    assert hosts == kindconfig.REGISTRY_HOSTS_PATCH  # registry mode's host config, always
     assert ".runtimes.high-memlock]" in patch
     assert f'base_runtime_spec = "{MEMLOCK_SPEC_IN_NODE}"' in patch
     assert "SystemdCgroup = true" in patch

@@ -21,6 +21,12 @@ VERBS: dict[str, str] = {
     # images
     "retag-image": "tag an image a node holds under another name with the wanted name",
     "load-image": "stream the layers a node lacks into its containerd",
+    "create-registry": "run the local registry container (on its volume, which is kept)",
+    "start-registry": "docker start the stopped local registry container",
+    "connect-registry": "connect the local registry container to the nodes' network",
+    "configure-node": "write a node's containerd host config for the local registry",
+    "push-image": "docker push an image to the registry (only the layers it lacks)",
+    "pull-image": "pull an image from the registry into a node (only the layers it lacks)",
     # release/<name>
     "unlock-release": "mark a stale pending-* revision failed, so the upgrade can go on",
     "uninstall-release": "finish an interrupted uninstall before installing again",

@@ -158,9 +158,33 @@ def _lock_option(command: Callable[..., Any]) -> Callable[..., Any]:
 @_output_option
 @click.option("--cluster", required=True, help="kind cluster name (its nodes are found by label).")
 @_lock_option
+@click.option(
+    "--via",
+    type=click.Choice(["stream", "registry"]),
+    default="stream",
+    show_default=True,
+    help="stream: into each node's containerd; registry: pushed to the cluster's local "
+    "registry (<cluster>-registry on 127.0.0.1:--registry-port), then pulled by each node.",
+)
+@click.option(
+    "--registry-port", type=click.IntRange(1, 65535), default=5001, show_default=True,
+    help="Host port of the local registry (--via registry).",
+)  # fmt: skip
+@click.option(
+    "--registry-image", default="registry:2", show_default=True,
+    help="Image of the local registry container (--via registry).",
+)  # fmt: skip
 @click.argument("image", nargs=-1, required=True)
 @click.pass_obj
-def images_load(app: App, cluster: str, lock_wait: float, image: tuple[str, ...]) -> None:
+def images_load(
+    app: App,
+    cluster: str,
+    lock_wait: float,
+    via: str,
+    registry_port: int,
+    registry_image: str,
+    image: tuple[str, ...],
+) -> None:
     """Loads IMAGEs into every node of the cluster, sending only what a node lacks.
 
     It takes the cluster's deployment lock, so it never runs beside a deploy or another load
@@ -168,6 +192,11 @@ def images_load(app: App, cluster: str, lock_wait: float, image: tuple[str, ...]
     from laconic_helm import commands
 
     async def work() -> dict[str, Any]:
+        if via == "registry":
+            return await commands.load_images_via_registry(
+                cluster, image, app.reporter, port=registry_port, image=registry_image,
+                lock_wait=lock_wait,
+            )  # fmt: skip
         return await commands.load_images(cluster, image, app.reporter, lock_wait=lock_wait)
 
     _run(app, work)

@@ -14,7 +14,17 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from laconic_helm import cluster, host, images, lock, output, releases, verify, volumes
+from laconic_helm import (
+    cluster,
+    host,
+    images,
+    lock,
+    output,
+    registry,
+    releases,
+    verify,
+    volumes,
+)
 from laconic_helm.errors import EXIT_BAD_INPUT, DeadlineExceeded, LaconicHelmError, UserError
 from laconic_helm.helm import STOP_GRACE
 from laconic_helm.helm import connect as connect_helm
@@ -27,9 +37,9 @@ from laconic_helm.steps import (
     ReleaseStep,
     World,
     desired_releases,
+    local_images,
     prepare,
     steps_for,
-    uses_kind_images,
 )
 
 if TYPE_CHECKING:
@@ -155,6 +165,32 @@ async def load_images(
     return {"images": [r.as_dict() for r in results]}
 
 
+async def load_images_via_registry(
+    cluster_name: str,
+    refs: Sequence[str],
+    reporter: Reporter,
+    *,
+    port: int,
+    image: str,
+    lock_wait: float,
+) -> dict[str, Any]:
+    """`images load --via registry`: registry mode's step on its own, for any kind cluster
+    whose nodes read registry host config."""
+    async with lock.deployment_lock(cluster_name, wait=lock_wait):
+        found, nodes = await images.check_inputs(cluster_name, refs)
+        registry.check_local_images(found)
+        target = registry.local_target(cluster_name, port, image)
+        await registry.check_hosts_dir(sorted(nodes))
+        seen = await registry.observe(target, found, nodes)
+        with reporter.step(f"images via {target.prefix}") as rec:
+            planned = registry.plan(target, found, seen)
+            results, _ = await registry.apply(target, found, seen, planned, reporter)
+            for result in results:
+                reporter.line(result.line())
+            rec.done("changed" if planned else "ok", "; ".join(a.line() for a in planned))
+    return {"images": [r.as_dict() for r in results]}
+
+
 def describe_source(spec: Spec) -> str:
     """Which spec a run used: the operator may not know there was no ./deployment.yaml."""
     if spec.source is None or str(spec.source) == BUILTIN_SOURCE:
@@ -173,7 +209,7 @@ async def status(spec: Spec, reporter: Reporter) -> dict[str, Any]:
     reporter.line(output.cluster_line(state, kind=spec.cluster.provider == "kind"))
     if state.problems or not (state.exists or spec.cluster.provider == "existing"):
         return doc
-    found = tuple(await images.check_images(spec.images)) if uses_kind_images(spec) else ()
+    found = await local_images(spec)
     access = cluster.access_of(spec.cluster)
     helm = await connect_helm(kubeconfig=access.kubeconfig, context=access.context)
     prepared = Prepared(desired_releases(spec, found), state, helm, found)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from laconic_helm.images import LocalImage
 
 NAMESPACE = "k8s.io"  # where kubelet's CRI looks for images
+CERTS_DIR = "/etc/containerd/certs.d"  # where a node's containerd finds per-registry host config
 DEFAULT_SNAPSHOTTER = "overlayfs"
 GC_ROOT = "containerd.io/gc.root"
 HOLD_MARK = "laconic-helm-load"  # the gc.root value the loader sets and clears
@@ -144,3 +145,20 @@ async def get_snapshotter(node: str) -> str:
     """The snapshotter kubelet's containerd unpacks images with (kind reads it the same way)."""
     done = await docker.run("exec", node, "containerd", "config", "dump", check=False)
     return _snapshotter(done.text) if done.returncode == 0 else DEFAULT_SNAPSHOTTER
+
+
+def _hosts_dir(config_dump: str) -> str:
+    """The CRI's registry `config_path` from `containerd config dump` ("" when unset)."""
+    try:
+        plugins = tomllib.loads(config_dump).get("plugins", {})
+    except tomllib.TOMLDecodeError:
+        return ""
+    v3 = plugins.get("io.containerd.cri.v1.images", {}).get("registry", {})
+    v2 = plugins.get("io.containerd.grpc.v1.cri", {}).get("registry", {})
+    return str(v3.get("config_path") or v2.get("config_path") or "")
+
+
+async def get_hosts_dir(node: str) -> str:
+    """Where the node's containerd reads per-registry host config; "" when it reads none."""
+    done = await docker.run("exec", node, "containerd", "config", "dump", check=False)
+    return _hosts_dir(done.text) if done.returncode == 0 else ""

@@ -23,6 +23,7 @@ from pyhelm3 import errors as helm_errors
 from laconic_helm import paths, restarts, spec
 from laconic_helm.errors import ReleaseError, SpecError
 from laconic_helm.helm import release_error
+from laconic_helm.images import containerd_name
 from laconic_helm.kube import ObjectRef, SecretData
 
 if TYPE_CHECKING:
@@ -144,6 +145,7 @@ class DesiredRelease:
     wait: bool = True
     timeout: int = 300
     restart_window: restarts.WindowPolicy | None = None  # what a restart of its node waits for
+    pinned: dict[str, str] = field(default_factory=dict)  # registry mode: image -> reference
     # Renders made in this run, by (helm major, is_upgrade): preflight's check and the
     # observation before the upgrade need the same one, and a render costs helm seconds.
     renders: dict[tuple[int, bool], list[Any]] = field(
@@ -163,17 +165,64 @@ class DesiredRelease:
         return f"{DESCRIPTION_PREFIX}{self.digest}"
 
 
+def _app_version(chart: Path) -> str:
+    try:
+        meta = yaml.safe_load((chart / "Chart.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return ""
+    return str(meta.get("appVersion") or "") if isinstance(meta, dict) else ""
+
+
+def pin_images(
+    values: Mapping[str, Any], app_version: str, pinned: Mapping[str, str]
+) -> tuple[dict[str, Any], set[str]]:
+    """The values layer that points each image mapping (`repository` + `tag`, an empty tag
+    meaning the chart's appVersion) naming one of `pinned`'s images at its new reference:
+    `<registry>/<path>@<digest>` becomes `repository` + `digest`, `<registry>/<path>:<tag>`
+    (not pushed yet) `repository` + `tag`. Returns the layer and the images it found."""
+    by_name = {containerd_name(ref): ref for ref in pinned}
+    found: set[str] = set()
+
+    def walk(node: Mapping[str, Any]) -> dict[str, Any]:
+        layer: dict[str, Any] = {}
+        repo = node.get("repository")
+        if isinstance(repo, str) and repo:
+            tag = node.get("tag") or app_version
+            ref = by_name.get(containerd_name(f"{repo}:{tag}" if tag else repo))
+            if ref is not None:
+                found.add(ref)
+                new, at, digest = pinned[ref].partition("@")
+                if at:
+                    layer.update(repository=new, digest=digest)
+                else:
+                    layer.update(repository=new.rpartition(":")[0], tag=new.rpartition(":")[2])
+        for key, value in node.items():
+            if isinstance(value, dict) and (sub := walk(value)):
+                layer[key] = sub
+        return layer
+
+    return walk(values), found
+
+
 def desired_release(
-    release: spec.Release, *, extras: Mapping[str, str] | None = None
+    release: spec.Release,
+    *,
+    extras: Mapping[str, str] | None = None,
+    pinned: Mapping[str, str] | None = None,
+    pull_secret: SecretData | None = None,
 ) -> DesiredRelease:
     """Reads the chart, values files and secret files of a spec release into its desired state.
 
     `extras` are further inputs the workloads depend on (e.g. `image/<ref>` -> image ID), so a
-    rebuilt image under the same tag changes the digest and rolls the pods.
+    rebuilt image under the same tag changes the digest and rolls the pods. `pinned` maps the
+    release's images to the references it runs them by (registry mode); `pull_secret` is the
+    registry's credentials, made in the namespace and named in `imagePullSecrets`.
     """
     chart = Path(release.chart)
-    secrets = []
+    secrets = [pull_secret] if pull_secret is not None else []
     parts = dict(extras or {})
+    if pull_secret is not None:
+        parts["pull-secret"] = hashlib.sha256(pull_secret.data[".dockerconfigjson"]).hexdigest()
     for s in release.secrets:
         data = {}
         for key, path in s.files.items():
@@ -184,8 +233,24 @@ def desired_release(
             parts[f"secret/{s.name}/{key}"] = hashlib.sha256(data[key]).hexdigest()
         secrets.append(SecretData(release.namespace, s.name, data))
     values = effective_values(release)
-    digest = compute_digest(chart, values, parts)
     defaults = _chart_defaults(chart)
+    if pinned:
+        wanted = {ref: pinned[ref] for ref in release.images if ref in pinned}
+        layer, found = pin_images(merge_values(defaults, values), _app_version(chart), wanted)
+        for ref in release.images:
+            if ref in wanted and ref not in found:
+                raise SpecError(
+                    f"release {release.name}: no image `repository`/`tag` in its values names "
+                    f"{ref}, so its pods cannot run it from the registry",
+                    hint="set the chart's image.repository and image.tag to it",
+                )
+        values = merge_values(values, layer)
+    if pull_secret is not None:
+        listed = list(values.get("imagePullSecrets") or [])
+        if {"name": pull_secret.name} not in listed:
+            listed.append({"name": pull_secret.name})
+        values = {**values, "imagePullSecrets": listed}
+    digest = compute_digest(chart, values, parts)
     if POD_ANNOTATIONS in defaults:
         values = merge_values(values, {POD_ANNOTATIONS: {DIGEST_ANNOTATION: digest}})
     return DesiredRelease(
@@ -198,6 +263,7 @@ def desired_release(
         wait=release.wait,
         timeout=release.timeout,
         restart_window=restarts.policy_of(merge_values(defaults, values)),
+        pinned=dict(pinned or {}),
     )
 
 

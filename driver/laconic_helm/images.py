@@ -68,6 +68,7 @@ class LocalImage:
     id: str  # docker image ID: the config digest (or the index digest in containerd's store)
     diff_ids: tuple[str, ...]
     size: int
+    repo_digests: tuple[str, ...] = ()  # `<registry>/<path>@<digest>` for each push docker made
 
     @property
     def chain_id(self) -> str:
@@ -177,6 +178,7 @@ async def check_images(refs: Sequence[str]) -> list[LocalImage]:
             id=item["Id"],
             diff_ids=tuple((item.get("RootFS") or {}).get("Layers") or ()),
             size=int(item.get("Size") or 0),
+            repo_digests=tuple(item.get("RepoDigests") or ()),
         )
         for ref, item in zip(refs, found, strict=True)
     ]

@@ -116,12 +116,13 @@ class SecretData:
     namespace: str
     name: str
     data: Mapping[str, bytes] = field(repr=False)
+    type: str = "Opaque"
 
     def manifest(self) -> dict[str, Any]:
         return {
             "apiVersion": "v1",
             "kind": "Secret",
-            "type": "Opaque",
+            "type": self.type,
             "metadata": {
                 "name": self.name,
                 "namespace": self.namespace,

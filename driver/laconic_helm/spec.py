@@ -24,6 +24,9 @@ DEFAULT_CLUSTER = "laconic-local"
 _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 Name = Annotated[str, Field(pattern=_DNS_LABEL, max_length=53)]
 Port = Annotated[int, Field(ge=1, le=65535)]
+ObjectName = Annotated[
+    str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+]
 
 
 class _Model(BaseModel):
@@ -123,6 +126,57 @@ def _repeats(keys: Iterable[Hashable]) -> Iterator[tuple[int, int]]:
         seen.setdefault(key, i)
 
 
+# host[:port] then optional /path segments, lowercase as registries store repositories
+_REGISTRY_ADDRESS = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?(:[0-9]{1,5})?(/[a-z0-9]+([._-][a-z0-9]+)*)*$"
+
+
+class LocalRegistry(_Model):
+    """The registry container on this host that registry mode keeps running for a kind
+    cluster (named `<cluster>-registry`, its blobs in a docker volume of the same name)."""
+
+    port: Port = Field(5001, description="Host port on 127.0.0.1 the registry is pushed to.")
+    image: str = Field(
+        "registry:2",
+        min_length=1,
+        description="Image of the registry container: the CNCF distribution registry (serves "
+        "on port 5000, stores under /var/lib/registry).",
+    )
+
+
+class ExternalRegistry(_Model):
+    """A registry the nodes can reach and this host can push to (e.g. for provider existing).
+
+    Pushes use this host's Docker login; when its Docker config holds credentials for the
+    registry, each release namespace that runs the images gets them as an imagePullSecret."""
+
+    address: str = Field(
+        pattern=_REGISTRY_ADDRESS,
+        description="host[:port][/path] the images are pushed under, e.g. "
+        "registry.example.com/laconic.",
+    )
+
+    @property
+    def host(self) -> str:
+        return self.address.split("/", 1)[0]
+
+
+class ImageDelivery(_Model):
+    """How the spec's local images reach the cluster's nodes."""
+
+    mode: Literal["stream", "registry"] | None = Field(
+        None,
+        description="stream: sent into each kind node's containerd; registry: pushed to a "
+        "registry the nodes pull from, the releases' image references pinned to the pushed "
+        "digests. Default: stream on kind, registry on provider existing.",
+    )
+    local: LocalRegistry = Field(
+        default_factory=LocalRegistry, description="The local registry (kind, registry mode)."
+    )
+    external: ExternalRegistry | None = Field(
+        None, description="Push to this registry instead of a local one (required on existing)."
+    )
+
+
 class Cluster(_Model):
     """Where the releases go: a kind cluster this tool manages, or any existing cluster."""
 
@@ -214,9 +268,6 @@ _LABEL_KEY = r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/
 _LABEL_KEY += r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?"
 _LABEL_VALUE = r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?"
 _SELECTOR = rf"{_LABEL_KEY}={_LABEL_VALUE}(,{_LABEL_KEY}={_LABEL_VALUE})*"
-ObjectName = Annotated[
-    str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-]
 
 
 class RetireObject(_Model):
@@ -324,6 +375,11 @@ class Spec(_Model):
 
     cluster: Cluster = Field(default_factory=Cluster, description="The cluster.")
     images: tuple[str, ...] = Field((), description="Local docker images to load into the nodes.")
+    image_delivery: ImageDelivery = Field(
+        default_factory=ImageDelivery,
+        alias="imageDelivery",
+        description="How the images reach the nodes: stream or registry.",
+    )
     releases: tuple[Release, ...] = Field((), description="Releases, applied in this order.")
     source: Path | None = Field(None, exclude=True, description="File the spec came from.")
 
@@ -341,7 +397,26 @@ class Spec(_Model):
                     raise ValueError(
                         f"releases[{i}].images[{j}]: {image!r} is not in the top-level images"
                     )
+        delivery = self.image_delivery
+        if self.cluster.provider == "existing":
+            if delivery.mode == "stream":
+                raise ValueError(
+                    "imageDelivery.mode: stream needs kind nodes; provider 'existing' takes "
+                    "images through a registry (imageDelivery.external)"
+                )
+            if self.images and delivery.external is None:
+                raise ValueError(
+                    "imageDelivery.external: provider 'existing' needs a registry to push the "
+                    "images to (address: host[:port][/path])"
+                )
         return self
+
+    @property
+    def delivery_mode(self) -> Literal["stream", "registry"]:
+        if self.image_delivery.mode is not None:
+            return self.image_delivery.mode
+        kind = self.cluster.provider == "kind" and self.image_delivery.external is None
+        return "stream" if kind else "registry"
 
 
 def data_dir(kind: Literal["charts", "values", "examples"]) -> Path:

@@ -18,14 +18,23 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from laconic_helm import cluster, containerd, images, preflight, releases, retire, verify
+from laconic_helm import (
+    cluster,
+    containerd,
+    images,
+    preflight,
+    registry,
+    releases,
+    retire,
+    verify,
+)
 from laconic_helm.desired import DesiredRelease, check_renders, desired_release
 from laconic_helm.errors import EXIT_BAD_INPUT, LaconicHelmError
 from laconic_helm.helm import connect as connect_helm
 from laconic_helm.kube import Kube
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Coroutine, Sequence
+    from collections.abc import Awaitable, Coroutine, Mapping, Sequence
 
     from laconic_helm.actions import Action
     from laconic_helm.cluster import ClusterState
@@ -75,6 +84,7 @@ class World:
     deadline: float | None = None  # time.monotonic() by which the run stops
     kube: Kube | None = None  # None while the cluster cannot be reached (or is to be made)
     made_namespaces: set[str] = field(default_factory=set)  # plan: an earlier step makes them
+    pinned: dict[str, str] | None = None  # registry mode: image ref -> the reference pods run
 
     @property
     def helm(self) -> Helm:
@@ -210,6 +220,46 @@ class ImagesStep(Step[ImagesSeen]):
         return dataclasses.replace(done, detail="; ".join(filter(None, [done.detail, summary])))
 
 
+class RegistryStep(Step[registry.RegistrySeen]):
+    """The spec's images through a registry: the local registry container and the nodes' host
+    config (kind), the pushes, then (kind) a pull into every node. The releases after it run
+    the images by the digests it pushed."""
+
+    def __init__(self, spec: Spec) -> None:
+        self.spec = spec
+        self.target = registry.where(spec)
+        self.name = f"images via {self.target.prefix}"
+
+    async def _nodes(self, world: World) -> dict[str, containerd.NodeState]:
+        if self.spec.cluster.provider != "kind":
+            return {}  # nodes of another cluster are not ours to reach: kubelet pulls
+        if world.kube is None:  # a cluster still to be made: its one node will hold nothing
+            node = _CONTROL_PLANE.format(name=self.spec.cluster.name)
+            return {node: containerd.NodeState(node, {}, {})}
+        return await images.observe_nodes(self.spec.cluster.name)
+
+    async def observe(self, world: World) -> registry.RegistrySeen:
+        nodes = await self._nodes(world)
+        if world.kube is not None and self.target.local:
+            await registry.check_hosts_dir(sorted(nodes))
+        seen = await registry.observe(self.target, world.prepared.images, nodes)
+        world.pinned = registry.references(self.target, world.prepared.images, seen)
+        return seen
+
+    def plan(self, world: World, seen: registry.RegistrySeen) -> list[Action]:
+        return registry.plan(self.target, world.prepared.images, seen)
+
+    async def apply(
+        self, world: World, seen: registry.RegistrySeen, actions: Sequence[Action]
+    ) -> Done:
+        results, world.pinned = await registry.apply(
+            self.target, world.prepared.images, seen, actions, world.reporter
+        )
+        for result in results:
+            world.reporter.line(result.line())
+        return carried_out(actions, images=[r.as_dict() for r in results])
+
+
 # -- releases ---------------------------------------------------------------------------------
 
 
@@ -228,6 +278,11 @@ class ReleaseStep(Step[ReleaseSeen]):
         self.name = f"release {desired.name}"
 
     async def observe(self, world: World) -> ReleaseSeen:
+        if world.pinned is not None and self.release.images:
+            pinned = {ref: world.pinned[ref] for ref in self.release.images}
+            if pinned != self.desired.pinned:  # a push gave another digest than docker knew
+                images_ = world.prepared.images
+                self.desired = release_desired(world.spec, self.release, images_, pinned)
         if world.kube is None:
             state = await releases.observe_absent(world.helm, self.desired)
             leftovers: list[retire.Leftover] = []
@@ -311,33 +366,49 @@ class VerifyStep(Step[None]):
 def steps_for(spec: Spec, desired: Sequence[DesiredRelease]) -> list[Step[Any]]:
     """The deploy's steps after preflight, in order."""
     found: list[Step[Any]] = [ClusterStep(spec)]
-    if uses_kind_images(spec):
-        found.append(ImagesStep(spec))
+    if spec.images:
+        found.append(ImagesStep(spec) if spec.delivery_mode == "stream" else RegistryStep(spec))
     found += [ReleaseStep(r, d) for r, d in zip(spec.releases, desired, strict=True)]
     found += [VerifyStep(r) for r in spec.releases if r.verify is not None]
     return found
 
 
-def uses_kind_images(spec: Spec) -> bool:
-    """Images are moved into the nodes by the driver on kind only."""
-    return bool(spec.images) and spec.cluster.provider == "kind"
-
-
 # -- preflight --------------------------------------------------------------------------------
 
 
-async def _image_list(spec: Spec) -> tuple[images.LocalImage, ...]:
-    """The spec's local images (for kind only); raises for a missing one."""
-    return tuple(await images.check_images(spec.images)) if uses_kind_images(spec) else ()
+async def local_images(spec: Spec) -> tuple[images.LocalImage, ...]:
+    """The spec's local images; raises for a missing one (or, in registry mode, one that has
+    no repository:tag to be pushed under)."""
+    found = tuple(await images.check_images(spec.images)) if spec.images else ()
+    if spec.delivery_mode == "registry":
+        registry.check_local_images(found)
+    return found
+
+
+def release_desired(
+    spec: Spec,
+    release: Release,
+    found: Sequence[images.LocalImage],
+    pinned: Mapping[str, str] | None = None,
+) -> DesiredRelease:
+    """One release's desired state: the IDs of the images it runs are part of its digest; in
+    registry mode it runs them by `pinned` (default: the digests docker last pushed) and pulls
+    with this host's credentials for an external registry."""
+    ids = {i.ref: i.id for i in found}
+    extras = {f"image/{ref}": ids[ref] for ref in release.images if ref in ids}
+    if spec.delivery_mode != "registry" or not release.images:
+        return desired_release(release, extras=extras)
+    target = registry.where(spec)
+    if pinned is None:
+        ours = [i for i in found if i.ref in release.images]
+        pinned = registry.predicted_references(target, ours)
+    secret = registry.pull_secret(target, release.namespace)
+    return desired_release(release, extras=extras, pinned=pinned, pull_secret=secret)
 
 
 def desired_releases(spec: Spec, found: Sequence[images.LocalImage]) -> tuple[DesiredRelease, ...]:
-    """Reads every release's inputs; the IDs of the images it runs are part of its digest."""
-    ids = {i.ref: i.id for i in found}
-    return tuple(
-        desired_release(r, extras={f"image/{ref}": ids[ref] for ref in r.images if ref in ids})
-        for r in spec.releases
-    )
+    """Reads every release's inputs (see `release_desired`)."""
+    return tuple(release_desired(spec, r, found) for r in spec.releases)
 
 
 async def together(*work: Coroutine[Any, Any, Any]) -> list[Any]:
@@ -374,7 +445,7 @@ async def prepare(
     _, helm, found, state = await together(
         _attempt(preflight.check_tools(spec.cluster), problems),
         _attempt(connect_helm(kubeconfig=access.kubeconfig, context=access.context), problems),
-        _attempt(_image_list(spec), problems),
+        _attempt(local_images(spec), problems),
         _attempt(cluster.observe_cluster(spec.cluster), problems),
     )
     # Without the image IDs (an image is missing) the digests are off, the renders are not.

@@ -126,6 +126,7 @@ class NodeSpec:
     labels: dict[str, str] = field(default_factory=dict)
     files: Mapping[str, bytes] = field(default_factory=dict)  # placed in the node before it starts
     command: Sequence[str] = ()  # replaces the image's CMD (containerd) when given
+    network: str = ""  # a docker network to join instead of the default bridge
 
 
 def node_specs(cluster: str, workers: int = 0) -> list[NodeSpec]:
@@ -161,6 +162,8 @@ def start_node(cluster: str, spec: NodeSpec, image: str | None = None) -> str:
         "--security-opt",
         "apparmor=unconfined",
     ]
+    if spec.network:
+        args += ["--network", spec.network]
     for key, value in spec.labels.items():
         args += ["--label", f"{key}={value}"]
     for p in spec.ports:

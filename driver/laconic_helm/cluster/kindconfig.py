@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from laconic_helm.cluster.memlock import MEMLOCK_SPEC_IN_NODE, memlock_containerd_patch
+from laconic_helm.containerd import CERTS_DIR
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -20,6 +21,11 @@ if TYPE_CHECKING:
     from laconic_helm.spec import Cluster
 
 KIND_CONFIG_API = "kind.x-k8s.io/v1alpha4"
+# Registry mode writes each registry's hosts.toml under this folder of the node; containerd
+# only reads it when its config says so, and the config is fixed once the node is made.
+REGISTRY_HOSTS_PATCH = (
+    f'[plugins."io.containerd.grpc.v1.cri".registry]\n  config_path = "{CERTS_DIR}"\n'
+)
 
 
 def kind_config(cluster: Cluster, *, memlock_spec: Path | None = None) -> dict[str, Any]:
@@ -75,10 +81,9 @@ def kind_config(cluster: Cluster, *, memlock_spec: Path | None = None) -> dict[s
     doc["kubeadmConfigPatches"] = [
         yaml.safe_dump(patch, sort_keys=False) for patch in (logs, *cluster.kind_patches.kubeadm)
     ]
-    containerd = [memlock_containerd_patch()] if cluster.high_memlock else []
-    containerd += cluster.kind_patches.containerd
-    if containerd:
-        doc["containerdConfigPatches"] = containerd
+    containerd = [REGISTRY_HOSTS_PATCH]
+    containerd += [memlock_containerd_patch()] if cluster.high_memlock else []
+    doc["containerdConfigPatches"] = containerd + list(cluster.kind_patches.containerd)
     doc["nodes"] = [node]
     return doc
 
