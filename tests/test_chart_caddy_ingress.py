@@ -185,6 +185,11 @@ def test_laconic_fork_is_selectable_and_needs_a_pinned_tag(helm_bin: str) -> Non
     assert fork == "ghcr.io/laconicnetwork/caddy-ingress:v0.2.1-ci"
     assert controller(render(helm_bin, DEFAULTS))["image"] == "caddy/ingress:v0.2.1"
     assert "image.tag must be set" in render_error(helm_bin, DEFAULTS, "image.variant=laconic")
+    digest = "sha256:" + "0123456789abcdef" * 4
+    by_digest = controller(
+        render(helm_bin, DEFAULTS, "image.variant=laconic", f"image.digest={digest}")
+    )
+    assert by_digest["image"] == f"ghcr.io/laconicnetwork/caddy-ingress@{digest}"
     assert 'image.tag must be a pinned tag, not "latest"' in render_error(
         helm_bin, DEFAULTS, "image.tag=latest"
     )

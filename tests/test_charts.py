@@ -1,7 +1,8 @@
 """What every chart of this repository must do, whichever it is: lint clean, render valid and
-pinned objects the same with Helm 3 and 4, be accepted by a real API server, keep the claims it
-creates, refuse unknown or mistyped values by name, and put podAnnotations on its pod. Written
-once over both charts; each chart's own rules are in test_chart_<chart>*.py."""
+pinned objects the same with Helm 3 and 4, pull its image by digest when given one, be accepted
+by a real API server, keep the claims it creates, refuse unknown or mistyped values by name, and
+put podAnnotations on its pod. Written once over both charts; each chart's own rules are in
+test_chart_<chart>*.py."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from tests.charts_support import (
     lint,
     of_kind,
     pod_annotations,
+    pod_spec,
     pods_admitted,
     render,
     render_error,
@@ -43,6 +45,9 @@ WRONG_TYPE = {
     "agave": ("hostNetwork=yes-please", ("hostNetwork",)),
     "caddy-ingress": ("service.type=Ingress", ("service.type", "/service/type")),
 }
+# The container each chart runs its `image` in, and a well-formed digest to pin it by.
+MAIN_CONTAINER = {"agave": "agave", "caddy-ingress": "controller"}
+DIGEST = "sha256:" + "0123456789abcdef" * 4
 
 pytestmark = pytest.mark.helm
 
@@ -88,6 +93,44 @@ def test_api_server_accepts_the_release(
 def test_every_image_is_pinned(helm_bin: str, scenario: Scenario) -> None:
     for container in containers(render(helm_bin, scenario)):
         assert image_tag(container["image"]) not in ("", "latest"), container["image"]
+
+
+def main_image(helm: str, chart: str, *sets: str) -> str:
+    """The image of the container the chart's `image` values configure."""
+    spec = pod_spec(render(helm, Scenario(chart, ()), *sets))
+    return next(c["image"] for c in spec["containers"] if c["name"] == MAIN_CONTAINER[chart])
+
+
+@pytest.mark.parametrize("chart", CHART_NAMES)
+def test_image_digest_pins_the_image_by_content(helm_bin: str, chart: str) -> None:
+    """In registry mode the driver pins each image by digest: the pod must pull exactly that
+    content whatever the tag says; without a digest the pinned tag stays in force."""
+    tagged = main_image(helm_bin, chart)
+    repository, tag = tagged.rsplit(":", 1)
+    assert tag not in ("", "latest") and "@" not in tagged, tagged
+    assert main_image(helm_bin, chart, f"image.digest={DIGEST}") == f"{repository}@{DIGEST}"
+    # The tag names nothing pulled once a digest is given, so a floating one is no longer refused.
+    pinned = main_image(helm_bin, chart, f"image.digest={DIGEST}", "image.tag=latest")
+    assert pinned == f"{repository}@{DIGEST}"
+    assert 'image.tag must be a pinned tag, not "latest"' in render_error(
+        helm_bin, Scenario(chart, ()), "image.tag=latest"
+    )
+
+
+@pytest.mark.parametrize(
+    "digest",
+    [
+        "sha256:abc",
+        "sha256:" + "0123456789ABCDEF" * 4,
+        "sha512:" + "0123456789abcdef" * 4,
+        "0123456789abcdef" * 4,
+        DIGEST + "0",
+    ],
+)
+@pytest.mark.parametrize("chart", CHART_NAMES)
+def test_malformed_image_digest_is_refused_by_name(helm_bin: str, chart: str, digest: str) -> None:
+    error = render_error(helm_bin, Scenario(chart, ()), f"image.digest={digest}")
+    assert "image.digest" in error or "/image/digest" in error, error
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=by_id)

@@ -49,10 +49,18 @@ Fails when an image tag floats. Called with (list "<values key>" <tag>).
 {{- end }}
 {{- end }}
 
+{{/*
+The node image: by digest when image.digest is set (the tag then names nothing the pod pulls, so
+it is not checked), else by its pinned tag.
+*/}}
 {{- define "agave.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- $tag := default .Chart.AppVersion .Values.image.tag }}
 {{- include "agave.pinned" (list "image.tag" $tag) }}
 {{- printf "%s:%s" .Values.image.repository $tag }}
+{{- end }}
 {{- end }}
 
 {{/* True (non-empty) in the modes that run agave-validator. */}}

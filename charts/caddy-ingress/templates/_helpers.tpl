@@ -71,12 +71,16 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
 {{/*
-The controller image. Fails on a missing or floating tag: `latest` makes kubelet pull on every
-start and ignore an image side-loaded into kind.
+The controller image: by digest when image.digest is set (the tag then names nothing the pod
+pulls, so it is not checked), else by tag. Fails on a missing or floating tag: `latest` makes
+kubelet pull on every start and ignore an image side-loaded into kind.
 */}}
 {{- define "caddy-ingress.image" -}}
 {{- $repositories := dict "upstream" "caddy/ingress" "laconic" "ghcr.io/laconicnetwork/caddy-ingress" }}
 {{- $repository := default (get $repositories .Values.image.variant) .Values.image.repository }}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" $repository .Values.image.digest }}
+{{- else }}
 {{- $tag := .Values.image.tag }}
 {{- if and (not $tag) (eq .Values.image.variant "upstream") }}
 {{- $tag = .Chart.AppVersion }}
@@ -86,6 +90,7 @@ start and ignore an image side-loaded into kind.
 {{- end }}
 {{- include "caddy-ingress.pinned" (list "image.tag" $tag) }}
 {{- printf "%s:%s" $repository $tag }}
+{{- end }}
 {{- end }}
 
 {{/*
