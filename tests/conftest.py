@@ -9,9 +9,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.harness.imagebuild import Builder
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(
@@ -129,3 +133,13 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         )
         for nodeid in _skipped_required:
             terminalreporter.write_line(f"  {nodeid}")
+
+
+@pytest.fixture
+def builder(tmp_path: Path) -> Iterator[Builder]:
+    """Small images built offline for one test, removed after it."""
+    b = Builder(f"laconic-helm-test/img-{uuid.uuid4().hex[:8]}", tmp_path, [])
+    try:
+        yield b
+    finally:
+        b.remove()

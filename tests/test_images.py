@@ -18,7 +18,6 @@ import tarfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pytest
@@ -28,7 +27,8 @@ from laconic_helm import containerd, images, proc
 from laconic_helm.archive import LegacyLayers, PipeWriter, TarReader, TarWriter, chain_ids
 from laconic_helm.cli import main
 from laconic_helm.output import Reporter
-from tests.harness import imagebuild, nodes
+from tests.harness import nodes
+from tests.harness.imagebuild import Builder
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
@@ -326,35 +326,6 @@ def test_snapshotter_from_config_dump(dump: str, snapshotter: str) -> None:
 
 
 # --- real docker and containerd -------------------------------------------------------------
-
-
-@dataclass
-class Builder:
-    """Builds small images offline (legacy builder, FROM scratch + files) and removes them."""
-
-    repo: str
-    root: Path
-    built: list[str]
-
-    def build(self, tag: str, files: dict[str, bytes], base: str | None = None) -> str:
-        ref = f"{self.repo}/{tag}"
-        context = self.root / uuid.uuid4().hex
-        context.mkdir()
-        for name, data in files.items():
-            (context / name).write_bytes(data)
-        imagebuild.build(ref, context, list(files), base)
-        self.built.append(ref)
-        return ref
-
-
-@pytest.fixture
-def builder(tmp_path: Path) -> Iterator[Builder]:
-    b = Builder(f"laconic-helm-test/img-{uuid.uuid4().hex[:8]}", tmp_path, [])
-    try:
-        yield b
-    finally:
-        if b.built:
-            subprocess.run(["docker", "rmi", "-f", *b.built], capture_output=True, check=False)
 
 
 @pytest.fixture

@@ -7,7 +7,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -32,3 +34,27 @@ def build(ref: str, context: Path, layers: Sequence[str], base: str | None = Non
         text=True,
     )
     return done.stdout.strip()
+
+
+@dataclass
+class Builder:
+    """Builds small images offline (FROM scratch + files) under one repository, keeping the
+    list of what it built so a fixture can remove them."""
+
+    repo: str
+    root: Path
+    built: list[str]
+
+    def build(self, tag: str, files: dict[str, bytes], base: str | None = None) -> str:
+        ref = f"{self.repo}/{tag}"
+        context = self.root / uuid.uuid4().hex
+        context.mkdir()
+        for name, data in files.items():
+            (context / name).write_bytes(data)
+        build(ref, context, list(files), base)
+        self.built.append(ref)
+        return ref
+
+    def remove(self) -> None:
+        if self.built:
+            subprocess.run(["docker", "rmi", "-f", *self.built], capture_output=True, check=False)

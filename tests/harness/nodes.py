@@ -7,6 +7,7 @@ Only what image loading and cluster inspection touch is real here: the container
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import os
@@ -127,6 +128,23 @@ class NodeSpec:
     files: Mapping[str, bytes] = field(default_factory=dict)  # placed in the node before it starts
     command: Sequence[str] = ()  # replaces the image's CMD (containerd) when given
     network: str = ""  # a docker network to join instead of the default bridge
+
+
+# What kind's config gives registry mode: containerd reads per-registry host config from here.
+REGISTRY_HOSTS_CONFIG = (
+    b'version = 2\n[plugins."io.containerd.grpc.v1.cri".registry]\n'
+    b'  config_path = "/etc/containerd/certs.d"\n'
+)
+
+
+def registry_node_specs(cluster: str, network: str, workers: int = 0) -> list[NodeSpec]:
+    """Nodes as kind makes them for registry mode: on a user-defined network (so a registry
+    container is found by name), their containerd reading /etc/containerd/certs.d."""
+    files = {"/etc/containerd/config.toml": REGISTRY_HOSTS_CONFIG}
+    return [
+        dataclasses.replace(spec, network=network, files=files)
+        for spec in node_specs(cluster, workers)
+    ]
 
 
 def node_specs(cluster: str, workers: int = 0) -> list[NodeSpec]:
