@@ -30,9 +30,10 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.harness import e2e, laconic_so, nodes, realkind
+from tests.harness import e2e, laconic_so, nodes, realkind, registry
 from tests.harness.client import Client
 from tests.harness.deployment_under_test import Deployment, Run, keypair_bytes, release_secrets
+from tests.harness.loopback import free_port
 from tests.harness.pytest_fixtures import KindCLI
 
 pytestmark = pytest.mark.cluster
@@ -482,6 +483,71 @@ def test_no_window_before_the_deadline_stops_with_exit_3_and_restarts_nothing(
 # -- the real agave release in test mode ------------------------------------------------------
 
 REAL_NAMESPACE = "agave-real"
+
+
+REGISTRY_NAMESPACE = "agave-rg"
+
+
+@pytest.fixture(scope="module")
+def registry_node(node: e2e.Node, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A third spec on the module's cluster in registry mode: the agave test node `rg`, its
+    image pushed to a local registry container (the distribution registry built from its Go
+    module) and pulled by the kind node; yields the spec's path."""
+    doc = yaml.safe_load(node.deployment.spec.read_text())
+    agave = next(r for r in doc["releases"] if r["name"] == e2e.AGAVE)
+    image = agave["values"]["image"]
+    with realkind.docker_host():
+        registry_image = registry.ensure_registry_image()
+    release = {k: v for k, v in agave.items() if k != "verify"}
+    release.update(
+        name="rg",
+        namespace=REGISTRY_NAMESPACE,
+        images=[f"{image['repository']}:{image['tag']}"],
+        values={**agave["values"], **SMALL_NODE, **FAST_PROBES},
+    )
+    delivery = {"mode": "registry", "local": {"port": free_port(), "image": registry_image}}
+    path = tmp_path_factory.mktemp("registry") / "deployment.yaml"
+    spec = {**doc, "images": release["images"], "imageDelivery": delivery, "releases": [release]}
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    yield path
+    node.helm("uninstall", "rg", "--namespace", REGISTRY_NAMESPACE, "--wait", "--timeout", "120s")
+    node.kubectl("delete", "namespace", REGISTRY_NAMESPACE, "--wait=false")
+    container = f"{node.cluster}-registry"
+    for args in (("rm", "-f", container), ("volume", "rm", "-f", container)):
+        subprocess.run(["docker", *args], env=node.env, capture_output=True, check=False)
+
+
+def test_in_registry_mode_pods_run_the_image_the_node_pulled_by_digest(
+    node: e2e.Node, registry_node: Path
+) -> None:
+    deployment = Deployment(registry_node, node.cluster, node.env)
+    first = deployment.run("deploy", timeout=600)
+    assert first.code == 0, f"{first.error}\n{first.stderr}"
+    step = next(s for s in first.report["steps"] if s["name"].startswith("images via localhost:"))
+    (pushed,) = step["data"]["images"]
+    reference = pushed["reference"]
+    port = yaml.safe_load(registry_node.read_text())["imageDelivery"]["local"]["port"]
+    assert reference.startswith(f"localhost:{port}/") and "@sha256:" in reference
+    assert pushed["status"] == "push-image" and pushed["bytes_pushed"] > 0
+    assert pushed["nodes"] == {node.node: "pull-image"}
+
+    pods = _workload_pods(node, REGISTRY_NAMESPACE, "rg")
+    assert pods and all(_ready(p) for p in pods)
+    assert {c["image"] for p in pods for c in p["spec"]["containers"]} == {reference}
+    statuses = [c for p in pods for c in p["status"]["containerStatuses"]]
+    assert {c["imageID"].rsplit("@", 1)[-1] for c in statuses} == {reference.rsplit("@", 1)[1]}
+    held = subprocess.run(
+        ["docker", "exec", node.node, "ctr", "-n", "k8s.io", "images", "ls", "-q"],
+        env=node.env, capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert reference in held
+
+    again = deployment.run("deploy", timeout=600)
+    assert again.code == 0, f"{again.error}\n{again.stderr}"
+    assert again.report["changed"] is False
+    step = next(s for s in again.report["steps"] if s["name"].startswith("images via localhost:"))
+    assert step["data"]["images"][0]["bytes_pushed"] == 0
+    assert step["data"]["images"][0]["nodes"] == {node.node: "up-to-date"}
 
 
 def _rpc_in_pod(node: e2e.Node, namespace: str, pod: str, method: str) -> Any:

@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 import yaml
 
+from laconic_helm.cluster import kindconfig
 from tests.harness import controlplane, nodes, realkind, standin
 from tests.harness.api import KubeAPI
 from tests.harness.audit import AuditLog
@@ -245,10 +246,10 @@ class KindCLI:
             *config.get("kubeadmConfigPatches", []),
             *(yaml.safe_dump(patch) for patch in realkind.HOST_PATCHES["kubeadm"]),
         ]
-        config["containerdConfigPatches"] = [
-            *config.get("containerdConfigPatches", []),
-            *realkind.HOST_PATCHES["containerd"],
-        ]
+        containerd = config.get("containerdConfigPatches", [])
+        if kindconfig.REGISTRY_HOSTS_PATCH not in containerd:  # a cluster not made by the driver
+            containerd = [kindconfig.REGISTRY_HOSTS_PATCH, *containerd]
+        config["containerdConfigPatches"] = [*containerd, *realkind.HOST_PATCHES["containerd"]]
         rest += ["--image", realkind.node_image(), "--config", "-"]
         if "--wait" not in rest:  # a loaded host's API takes a while; tests then use it at once
             rest += ["--wait", "300s"]

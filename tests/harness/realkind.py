@@ -48,17 +48,14 @@ DOCKER_HOST = "unix://{}/docker.sock".format(
 )
 
 # This host's patches: kubelet 1.35+ refuses cgroup v1 unless told; runc cannot lower a
-# sandbox's oom_score_adj without CAP_SYS_RESOURCE; and the host is offline, so registries are
-# read from the node image's /etc/containerd/certs.d, where every one is a closed local port
-# (a pull of a missing image fails at once instead of after minutes of DNS time-outs, during
-# which the kubelet cannot even stop the pod). Merged by kind after the driver's own.
+# sandbox's oom_score_adj without CAP_SYS_RESOURCE. Merged by kind after the driver's own, which
+# has containerd read registries from /etc/containerd/certs.d: the host is offline, and the node
+# image sends every registry there to a closed local port (a pull of a missing image fails at
+# once instead of after minutes of DNS time-outs, during which the kubelet cannot even stop
+# the pod); registry mode adds its registry's entry.
 HOST_PATCHES: dict[str, Any] = {
     "kubeadm": [{"kind": "KubeletConfiguration", "failCgroupV1": False}],
-    "containerd": [
-        '[plugins."io.containerd.grpc.v1.cri"]\n  restrict_oom_score_adj = true\n',
-        '[plugins."io.containerd.grpc.v1.cri".registry]\n'
-        '  config_path = "/etc/containerd/certs.d"\n',
-    ],
+    "containerd": ['[plugins."io.containerd.grpc.v1.cri"]\n  restrict_oom_score_adj = true\n'],
 }
 
 
