@@ -19,12 +19,14 @@ from laconic_helm.desired import (
     desired_release,
     load_chart,
     merge_values,
+    pin_images,
     refs,
     render,
 )
-from laconic_helm.errors import ReleaseError
+from laconic_helm.errors import ReleaseError, SpecError
 from laconic_helm.helm import Helm
 from laconic_helm.helm import connect as helm_connect
+from laconic_helm.kube import SecretData
 
 MINI = Path(__file__).parent / "charts" / "mini"
 REPO = Path(__file__).resolve().parent.parent
@@ -105,7 +107,8 @@ def test_digest_skips_what_helmignore_excludes(chart: Path) -> None:
 
 def _spec_release(chart: Path, tmp_path: Path, **extra: Any) -> spec.Release:
     doc = {"name": "mini", "chart": str(chart), "namespace": "apps", **extra}
-    return spec.parse_spec({"releases": [doc]}, source="test", base=tmp_path).releases[0]
+    top = {"releases": [doc], "images": extra.get("images", [])}
+    return spec.parse_spec(top, source="test", base=tmp_path).releases[0]
 
 
 @pytest.mark.unit
@@ -121,6 +124,56 @@ def test_desired_release_layers_values_and_annotates_pods(chart: Path, tmp_path:
     assert desired.values["podAnnotations"] == {DIGEST_ANNOTATION: desired.digest}
     assert desired.description == f"laconic-helm digest={desired.digest}"
     assert desired_release(rel, extras={"image/x": "sha256:2"}).digest != desired.digest
+
+
+DIGEST = "sha256:" + "ab" * 32
+
+
+@pytest.mark.unit
+def test_pin_images_points_every_mapping_naming_an_image_at_its_reference() -> None:
+    values = {
+        "image": {"repository": "laconicnetwork/agave", "tag": ""},  # the chart's appVersion
+        "sidecar": {"image": {"repository": "docker.io/library/busybox", "tag": "1.36"}},
+        "other": {"image": {"repository": "busybox", "tag": "1.37"}},  # another tag: left alone
+        "list": [{"repository": "busybox", "tag": "1.36"}],  # lists are not looked into
+    }
+    pinned = {
+        "laconicnetwork/agave:3.1.0": f"localhost:5001/laconicnetwork/agave@{DIGEST}",
+        "busybox:1.36": "localhost:5001/library/busybox:1.36",  # not pushed yet: by tag
+        "absent:1": "localhost:5001/library/absent:1",
+    }
+    layer, found = pin_images(values, "3.1.0", pinned)
+    assert layer == {
+        "image": {"repository": "localhost:5001/laconicnetwork/agave", "digest": DIGEST},
+        "sidecar": {"image": {"repository": "localhost:5001/library/busybox", "tag": "1.36"}},
+    }
+    assert found == {"laconicnetwork/agave:3.1.0", "busybox:1.36"}
+
+
+@pytest.mark.unit
+def test_registry_mode_pins_the_release_images_and_adds_the_pull_secret(
+    chart: Path, tmp_path: Path
+) -> None:
+    values = chart / "values.yaml"
+    values.write_text(values.read_text() + "image:\n  repository: me/app\n  tag: '1'\n")
+    rel = _spec_release(chart, tmp_path, images=["me/app:1"], values={"imagePullSecrets": []})
+    secret = SecretData(
+        "apps", "pull", {".dockerconfigjson": b"{}"}, "kubernetes.io/dockerconfigjson"
+    )
+    by_digest = {"me/app:1": f"r.example.com/me/app@{DIGEST}"}
+    desired = desired_release(rel, pinned=by_digest, pull_secret=secret)
+    assert desired.values["image"] == {"repository": "r.example.com/me/app", "digest": DIGEST}
+    assert desired.values["imagePullSecrets"] == [{"name": "pull"}]
+    assert desired.secrets == (secret,)
+    assert desired.pinned == by_digest
+    other = desired_release(rel, pinned={"me/app:1": f"r.example.com/me/app@sha256:{'0' * 64}"})
+    assert other.digest != desired.digest  # a new push rolls the pods
+
+    unnamed = _spec_release(chart, tmp_path, images=["me/other:2"])
+    with pytest.raises(
+        SpecError, match="no image `repository`/`tag` in its values names me/other:2"
+    ):
+        desired_release(unnamed, pinned={"me/other:2": "r.example.com/me/other:2"})
 
 
 @pytest.mark.unit
