@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from click.testing import CliRunner
@@ -29,6 +29,7 @@ from laconic_helm.containerd import NodeState
 from laconic_helm.images import LocalImage
 from laconic_helm.output import Reporter
 from laconic_helm.spec import parse_spec
+from tests.harness import deployment_under_test as d
 from tests.harness import nodes, waits
 from tests.harness.loopback import free_port
 from tests.harness.registry import ensure_registry_image
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     from tests.harness.imagebuild import Builder
+    from tests.harness.pytest_fixtures import KindCLI
 
 MiB = 1 << 20
 DIGEST = "sha256:" + "ab" * 32
@@ -385,3 +387,79 @@ def test_bad_input_is_refused_before_anything_moves(builder: Builder, reg: Regis
     done = CliRunner().invoke(main, reg.cli(digest_ref)[3:])
     assert done.exit_code == 2 and "Traceback" not in done.output
     assert nodes.docker("ps", "-aq", "--filter", f"name={reg.container}").strip() == ""
+
+
+# --- the whole deploy on the kind stand-in ------------------------------------------------
+
+
+def _pod_images(kind_cli: KindCLI, cluster: str, namespace: str) -> set[str]:
+    pods = kind_cli.api(cluster).harness.get(f"/api/v1/namespaces/{namespace}/pods")["items"]
+    return {c["image"] for p in pods for c in p["spec"]["containers"]}
+
+
+def _actions(report: dict[str, Any]) -> list[str]:
+    return [
+        line
+        for step in report["steps"]
+        for line in step["data"].get("actions", [])
+        if ": up-to-date " not in line
+    ]
+
+
+@pytest.mark.parametrize("kind_cli", ["standin"], indirect=True)
+def test_deploy_in_registry_mode_runs_the_releases_from_the_pushed_digests(
+    kind_cli: KindCLI, helm_bin: str, tmp_path: Path
+) -> None:
+    """The kind stand-in's kubelet runs a pod only when its node holds the pod's image."""
+    with d.chart_images() as images:
+        cluster = kind_cli.new_name("reg")
+        doc = d.full_spec(tmp_path, cluster, images, d.make_files(tmp_path / "files", cluster))
+        doc["releases"][1]["values"]["volumes"] = {"ledger": {"type": "emptyDir"}}
+        port = free_port()
+        doc["imageDelivery"] = {
+            "mode": "registry",
+            "local": {"port": port, "image": ensure_registry_image()},
+        }
+        spec = d.write_spec(tmp_path, doc)
+        run = d.Deployment(spec, cluster, d.driver_env(kind_cli, tmp_path / "state", helm_bin))
+        try:
+            with kind_cli.kubelets():
+                planned = run.run("plan")
+                assert planned.code == 0, f"{planned.error}\n{planned.stderr}"
+                first = run.run("deploy")
+                assert first.code == 0, f"{first.error}\n{first.stderr}"
+                taken = _actions(first.report)
+                assert [a.split(" (")[0] for a in taken] == [
+                    a.split(" (")[0] for a in planned.report["actions"]
+                ]
+                step = next(s for s in first.report["steps"] if s["name"].startswith("images via"))
+                pinned = {i["image"]: i["reference"] for i in step["data"]["images"]}
+                assert all(r.startswith(f"localhost:{port}/") for r in pinned.values())
+                assert _pod_images(kind_cli, cluster, d.AGAVE_NAMESPACE) >= {pinned[images.agave]}
+                assert pinned[images.caddy] in _pod_images(kind_cli, cluster, d.CADDY_NAMESPACE)
+
+                again = run.run("deploy")
+                assert again.code == 0 and again.report["changed"] is False, again.stderr
+                assert run.run("plan").report["actions"] == []
+
+                # A rebuilt agave image: pushed, pulled, and only the agave release upgraded.
+                d.build_image(images.agave, [os.urandom(1 << 20)], tmp_path)
+                planned = run.run("plan").report["actions"]
+                rebuilt = run.run("deploy")
+                assert rebuilt.code == 0, rebuilt.stderr
+                # Each line as planned; only the new release digest was unknown before the push.
+                assert [a.split(" (")[0] for a in _actions(rebuilt.report)] == [
+                    a.split(" (")[0] for a in planned
+                ]
+                taken = [a for a in _actions(rebuilt.report) if "upgrade-release" not in a]
+                assert taken == [a for a in planned if "upgrade-release" not in a]
+                verbs = sorted({line.split(": ", 1)[1].split()[0] for line in planned})
+                assert verbs == ["pull-image", "push-image", "upgrade-release"], planned
+                assert not any("caddy" in line for line in planned)
+                step = next(s for s in rebuilt.report["steps"] if s["name"].startswith("images"))
+                new = {i["image"]: i["reference"] for i in step["data"]["images"]}
+                assert new[images.agave] != pinned[images.agave]
+                assert new[images.agave] in _pod_images(kind_cli, cluster, d.AGAVE_NAMESPACE)
+        finally:
+            nodes.docker("rm", "-f", f"{cluster}-registry", check=False)
+            nodes.docker("volume", "rm", "-f", f"{cluster}-registry", check=False)

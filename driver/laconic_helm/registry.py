@@ -187,8 +187,8 @@ async def node_network(nodes: Sequence[str]) -> str | None:
     if not nodes:
         return None
     fmt = "{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}"
-    done = await docker.run("container", "inspect", "--format", fmt, nodes[0])
-    names = done.text.split()
+    done = await docker.run("container", "inspect", "--format", fmt, nodes[0], check=False)
+    names = done.text.split() if done.returncode == 0 else []  # a node still to be made
     return names[0] if names else None
 
 

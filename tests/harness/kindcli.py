@@ -29,6 +29,7 @@ from tests.harness import controlplane, kindconfig, kubelet, nodes, standin, wai
 from tests.harness.client import Client
 
 KIND_VERSION = "v0.33.0"
+KIND_NETWORK = "kind"  # the docker network kind puts its nodes on
 
 
 class KindError(Exception):
@@ -180,7 +181,11 @@ def _node_specs(
     bootstrap = True
     for name, node in zip(kindconfig.node_names(config), config.nodes, strict=True):
         spec = nodes.NodeSpec(
-            name=name, role=node.role, ports=tuple(node.ports), mounts=_mounts(node.mounts)
+            name=name,
+            role=node.role,
+            ports=tuple(node.ports),
+            mounts=_mounts(node.mounts),
+            network=KIND_NETWORK,
         )
         if node.role == "control-plane" and bootstrap:
             bootstrap = False
@@ -265,6 +270,7 @@ def _create(args: argparse.Namespace) -> None:
         name, f"{name}-control-plane", config.api_server_address
     )
     specs = _node_specs(config, api_port, files)
+    _ensure_network(KIND_NETWORK)
     try:
         for spec in specs:
             nodes.start_node(name, spec, image)
@@ -292,6 +298,16 @@ def _create(args: argparse.Namespace) -> None:
     _log(args, f"kubectl cluster-info --context {_context(name)}")
 
 
+def _ensure_network(name: str) -> None:
+    """kind's own network, made by the first cluster and kept: nodes find each other (and a
+    registry container) by name on a user-defined network, never on docker's default one."""
+    if nodes.docker("network", "ls", "-q", "--filter", f"name=^{name}$").strip():
+        return
+    done = subprocess.run(["docker", "network", "create", name], capture_output=True, text=True)
+    if done.returncode != 0 and "already exists" not in done.stderr:
+        raise KindError(f"cannot create network {name}: {done.stderr.strip()}")
+
+
 def _write_containerd_config(node: str, patches: Sequence[str]) -> None:
     """Puts the config's containerdConfigPatches in the node's /etc/containerd/config.toml,
     where kind merges them; the running containerd is not restarted, so they are only read
@@ -301,7 +317,7 @@ def _write_containerd_config(node: str, patches: Sequence[str]) -> None:
     nodes.docker(
         "exec", "-i", node, "busybox", "sh", "-c",
         "busybox mkdir -p /etc/containerd && busybox cat > /etc/containerd/config.toml",
-        input=("\n".join(patches) + "\n").encode(),
+        input=("\n".join(["version = 2", *patches]) + "\n").encode(),  # kind's base config's
     )  # fmt: skip
 
 
