@@ -31,6 +31,7 @@ from laconic_helm.output import Reporter
 from laconic_helm.spec import parse_spec
 from tests.harness import deployment_under_test as d
 from tests.harness import nodes, waits
+from tests.harness import registry as registry_harness
 from tests.harness.loopback import free_port
 from tests.harness.registry import ensure_registry_image
 
@@ -460,6 +461,117 @@ def test_deploy_in_registry_mode_runs_the_releases_from_the_pushed_digests(
                 new = {i["image"]: i["reference"] for i in step["data"]["images"]}
                 assert new[images.agave] != pinned[images.agave]
                 assert new[images.agave] in _pod_images(kind_cli, cluster, d.AGAVE_NAMESPACE)
+
+            down = run.run("down", "--delete-cluster")
+            assert down.code == 0, down.stderr
+            registry_ = f"{cluster}-registry"
+            assert nodes.docker("ps", "-aq", "--filter", f"name=^{registry_}$").strip() == ""
+            assert nodes.docker("volume", "ls", "-q", "--filter", f"name=^{registry_}$").strip()
         finally:
             nodes.docker("rm", "-f", f"{cluster}-registry", check=False)
             nodes.docker("volume", "rm", "-f", f"{cluster}-registry", check=False)
+
+
+# --- an external registry, provider existing ------------------------------------------------
+
+
+def _secret(api: Any, namespace: str, name: str) -> dict[str, Any]:
+    return dict(api.admin.get(f"/api/v1/namespaces/{namespace}/secrets/{name}"))
+
+
+@pytest.mark.parametrize("kube_api", ["standin"], indirect=True)
+def test_existing_cluster_pulls_from_an_external_registry_with_the_operators_credentials(
+    kube_api: Any, kubelet: Any, namespace: str, helm_bin: str, builder: Builder, tmp_path: Path
+) -> None:
+    binary = registry_harness.find_binary()
+    assert binary is not None, "the registry binary is not provisioned"
+    ref = builder.build("ext:1", {"base": os.urandom(MiB)})
+    repository, tag = ref.rsplit(":", 1)
+    docker_config = tmp_path / "docker"
+    docker_config.mkdir()
+    with registry_harness.running(binary, tmp_path / "registry") as external:
+        login = base64.b64encode(b"robot:login-pass-123").decode()
+        (docker_config / "config.json").write_text(
+            json.dumps({"auths": {external.host: {"auth": login}}})
+        )
+        doc = {
+            "cluster": {"provider": "existing", "context": kube_api.context},
+            "images": [ref],
+            "imageDelivery": {"external": {"address": f"{external.host}/lh"}},
+            "releases": [
+                {
+                    "name": "node",
+                    "chart": str(d.REPO / "charts" / "agave"),
+                    "namespace": namespace,
+                    "valuesFiles": [str(d.REPO / "values" / "agave" / "kind-test.yaml")],
+                    "values": {
+                        "image": {"repository": repository, "tag": tag},
+                        "volumes": {"ledger": {"type": "emptyDir"}},
+                    },
+                    "images": [ref],
+                    "timeout": 120,
+                }
+            ],
+        }
+        spec = d.write_spec(tmp_path, doc)
+        env = {
+            **kube_api.env,
+            "DOCKER_CONFIG": str(docker_config),
+            "LACONIC_HELM_HELM": helm_bin,
+            "LACONIC_HELM_STATE": str(tmp_path / "state"),
+        }
+        run = d.Deployment(spec, "", env)
+        first = run.run("deploy")
+        assert first.code == 0, f"{first.error}\n{first.stderr}"
+        step = next(s for s in first.report["steps"] if s["name"].startswith("images via"))
+        (pushed,) = step["data"]["images"]
+        reference = pushed["reference"]
+        assert reference.startswith(f"{external.host}/lh/{repository}@sha256:")
+        assert pushed["nodes"] == {}  # kubelet pulls: the driver does not reach the nodes
+        assert external.manifest_digest(f"lh/{repository}", tag) == reference.rsplit("@", 1)[1]
+
+        pull = _secret(kube_api, namespace, registry.PULL_SECRET)
+        assert pull["type"] == "kubernetes.io/dockerconfigjson"
+        auths = json.loads(base64.b64decode(pull["data"][".dockerconfigjson"]))["auths"]
+        assert auths[external.host]["password"] == "login-pass-123"
+        pods = kube_api.admin.get(f"/api/v1/namespaces/{namespace}/pods")["items"]
+        assert {c["image"] for p in pods for c in p["spec"]["containers"]} == {reference}
+        assert all({"name": registry.PULL_SECRET} in p["spec"]["imagePullSecrets"] for p in pods)
+        for text in (first.stdout, first.stderr):
+            assert "login-pass-123" not in text and login not in text
+
+        again = run.run("deploy")
+        assert again.code == 0 and again.report["changed"] is False, again.stderr
+
+        # Credentials from a Secret of the cluster instead: copied in; no pod restarts for it.
+        other = base64.b64encode(json.dumps({"auths": {external.host: {"auth": "eDp5"}}}).encode())
+        kube_api.admin.create(
+            f"/api/v1/namespaces/{namespace}/secrets",
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "team-pull"},
+                "type": "kubernetes.io/dockerconfigjson",
+                "data": {".dockerconfigjson": other.decode()},
+            },
+        )
+        doc["imageDelivery"]["external"]["credentialsSecret"] = {
+            "namespace": namespace,
+            "name": "team-pull",
+        }
+        d.write_spec(tmp_path, doc)
+        copied = run.run("deploy")
+        assert copied.code == 0, copied.stderr
+        assert [a.split(" (")[0] for a in _actions(copied.report)] == [
+            f"release/node: apply-secret {namespace}/{registry.PULL_SECRET}"
+        ]
+        pull = _secret(kube_api, namespace, registry.PULL_SECRET)
+        assert pull["data"][".dockerconfigjson"] == other.decode()
+
+        doc["imageDelivery"]["external"]["credentialsSecret"]["name"] = "absent"
+        d.write_spec(tmp_path, doc)
+        missing = run.run("deploy")
+        assert missing.code == 2
+        assert missing.error == (
+            f"imageDelivery.external.credentialsSecret: Secret {namespace}/absent does not exist"
+        )

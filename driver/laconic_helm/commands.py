@@ -291,4 +291,7 @@ async def down(
             with reporter.step(f"delete cluster {spec.cluster.name}") as rec:
                 actions = await cluster.delete_cluster(spec.cluster)
                 rec.done("changed" if actions else "ok", "" if actions else "absent")
+            with reporter.step(f"remove registry of {spec.cluster.name}") as rec:
+                removed = await registry.remove_local(spec.cluster.name)
+                rec.done("changed" if removed else "ok", "volume kept" if removed else "absent")
     return {}

@@ -219,10 +219,9 @@ def desired_release(
     registry's credentials, made in the namespace and named in `imagePullSecrets`.
     """
     chart = Path(release.chart)
+    # The pull Secret is applied like the others, but a new credential restarts no pod.
     secrets = [pull_secret] if pull_secret is not None else []
     parts = dict(extras or {})
-    if pull_secret is not None:
-        parts["pull-secret"] = hashlib.sha256(pull_secret.data[".dockerconfigjson"]).hexdigest()
     for s in release.secrets:
         data = {}
         for key, path in s.files.items():

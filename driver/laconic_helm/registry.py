@@ -43,7 +43,7 @@ from laconic_helm.containerd import (
 )
 from laconic_helm.errors import ImageLoadError, UserError
 from laconic_helm.images import LocalImage, containerd_name
-from laconic_helm.kube import SecretData
+from laconic_helm.kube import Kube, SecretData
 from laconic_helm.output import human_bytes
 
 if TYPE_CHECKING:
@@ -57,6 +57,8 @@ CONTAINER_PORT = 5000  # the distribution registry's port inside its container
 DATA_DIR = "/var/lib/registry"
 OWNER_LABEL = "dev.laconic-helm.registry"  # on the registry container: the cluster it serves
 PULL_SECRET = "laconic-helm-registry"  # the imagePullSecret made in each release namespace
+DOCKER_CONFIG_TYPE = "kubernetes.io/dockerconfigjson"
+DOCKER_CONFIG_KEY = ".dockerconfigjson"
 MANIFEST_TYPES = (
     "application/vnd.docker.distribution.manifest.v2+json",
     "application/vnd.oci.image.manifest.v1+json",
@@ -75,6 +77,7 @@ class Where:
     container: str | None = None
     image: str = ""
     port: int = 0
+    credentials: tuple[str, str] | None = None  # (namespace, name) of the nodes' pull Secret
 
     @property
     def host(self) -> str:
@@ -88,8 +91,9 @@ class Where:
 def where(spec: Spec) -> Where:
     """The registry the spec's images are pushed to."""
     delivery = spec.image_delivery
-    if delivery.external is not None:
-        return Where(delivery.external.address)
+    if (external := delivery.external) is not None:
+        secret = external.credentials_secret
+        return Where(external.address, credentials=secret and (secret.namespace, secret.name))
     return local_target(spec.cluster.name, delivery.local.port, delivery.local.image)
 
 
@@ -410,6 +414,18 @@ async def _wait_serving(target: Where, ceiling: float = 60.0) -> None:
         await asyncio.sleep(0.2)
 
 
+async def remove_local(cluster: str) -> bool:
+    """Removes the local registry container this tool made for `cluster` (found by its label,
+    so a same-named container of someone else stays); its volume is kept, so a new cluster's
+    first push finds the layers there. Returns whether one was removed."""
+    label = f"{OWNER_LABEL}={local_target(cluster, 0, '').container}"
+    done = await docker.run("ps", "-aq", "--filter", f"label={label}")
+    found = done.text.split()
+    if found:
+        await docker.run("rm", "--force", *found)
+    return bool(found)
+
+
 async def configure_node(node: str, target: Where) -> None:
     """Writes the node's hosts.toml for the registry (containerd reads it at each pull)."""
     buf = io.BytesIO()
@@ -544,13 +560,36 @@ def docker_config_auth(host: str) -> str | None:
     return None
 
 
-def pull_secret(target: Where, namespace: str) -> SecretData | None:
-    """The imagePullSecret for an external registry this host is logged in to (else None: the
+def pull_secret(target: Where, namespace: str, config: bytes | None = None) -> SecretData | None:
+    """The imagePullSecret of an external registry: `config` (the credentials Secret's
+    `.dockerconfigjson`), else this host's Docker login for it; None when there is neither (the
     local registry and anonymous pulls need none)."""
-    if target.local or (auth := docker_config_auth(target.host)) is None:
+    if target.local:
         return None
-    data = {".dockerconfigjson": dockerconfigjson(target.host, auth)}
-    return SecretData(namespace, PULL_SECRET, data, type="kubernetes.io/dockerconfigjson")
+    if config is None:
+        if target.credentials is not None or (auth := docker_config_auth(target.host)) is None:
+            return None  # the named Secret is read once the cluster can be reached
+        config = dockerconfigjson(target.host, auth)
+    return SecretData(namespace, PULL_SECRET, {DOCKER_CONFIG_KEY: config}, DOCKER_CONFIG_TYPE)
+
+
+async def read_credentials(kube: Kube, target: Where) -> bytes | None:
+    """The `.dockerconfigjson` of the spec's credentials Secret; UserError when it is missing
+    or of another type."""
+    if target.credentials is None:
+        return None
+    namespace, name = target.credentials
+    key = "imageDelivery.external.credentialsSecret"
+    found = await kube.get_secret(namespace, name)
+    if found is None:
+        raise UserError(f"{key}: Secret {namespace}/{name} does not exist")
+    data = (found.get("data") or {}).get(DOCKER_CONFIG_KEY)
+    if found.get("type") != DOCKER_CONFIG_TYPE or not data:
+        raise UserError(
+            f"{key}: Secret {namespace}/{name} is not of type {DOCKER_CONFIG_TYPE} "
+            f"with a {DOCKER_CONFIG_KEY} key"
+        )
+    return base64.b64decode(data)
 
 
 def dockerconfigjson(host: str, auth: str) -> bytes:

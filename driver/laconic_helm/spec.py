@@ -143,16 +143,31 @@ class LocalRegistry(_Model):
     )
 
 
+class CredentialsSecret(_Model):
+    """A `kubernetes.io/dockerconfigjson` Secret already in the cluster whose credentials the
+    nodes pull with; it is copied into each release namespace that runs the images."""
+
+    namespace: Name = Field(description="Namespace of the Secret.")
+    name: ObjectName = Field(max_length=253, description="Name of the Secret.")
+
+
 class ExternalRegistry(_Model):
     """A registry the nodes can reach and this host can push to (e.g. for provider existing).
 
-    Pushes use this host's Docker login; when its Docker config holds credentials for the
-    registry, each release namespace that runs the images gets them as an imagePullSecret."""
+    Pushes use this host's Docker login. The nodes pull with the credentials of
+    `credentialsSecret`, else with those this host's Docker config holds for the registry, if
+    any: each release namespace that runs the images gets them as an imagePullSecret."""
 
     address: str = Field(
         pattern=_REGISTRY_ADDRESS,
         description="host[:port][/path] the images are pushed under, e.g. "
         "registry.example.com/laconic.",
+    )
+    credentials_secret: CredentialsSecret | None = Field(
+        None,
+        alias="credentialsSecret",
+        description="The nodes' pull credentials: a dockerconfigjson Secret in the cluster. "
+        "Default: this host's Docker login for the registry (none: anonymous pulls).",
     )
 
     @property

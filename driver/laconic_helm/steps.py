@@ -85,6 +85,7 @@ class World:
     kube: Kube | None = None  # None while the cluster cannot be reached (or is to be made)
     made_namespaces: set[str] = field(default_factory=set)  # plan: an earlier step makes them
     pinned: dict[str, str] | None = None  # registry mode: image ref -> the reference pods run
+    pull_config: bytes | None = None  # registry mode: the credentials Secret's content
 
     @property
     def helm(self) -> Helm:
@@ -244,6 +245,8 @@ class RegistryStep(Step[registry.RegistrySeen]):
             await registry.check_hosts_dir(sorted(nodes))
         seen = await registry.observe(self.target, world.prepared.images, nodes)
         world.pinned = registry.references(self.target, world.prepared.images, seen)
+        if world.kube is not None:
+            world.pull_config = await registry.read_credentials(world.kube, self.target)
         return seen
 
     def plan(self, world: World, seen: registry.RegistrySeen) -> list[Action]:
@@ -280,9 +283,11 @@ class ReleaseStep(Step[ReleaseSeen]):
     async def observe(self, world: World) -> ReleaseSeen:
         if world.pinned is not None and self.release.images:
             pinned = {ref: world.pinned[ref] for ref in self.release.images}
-            if pinned != self.desired.pinned:  # a push gave another digest than docker knew
-                images_ = world.prepared.images
-                self.desired = release_desired(world.spec, self.release, images_, pinned)
+            config = world.pull_config
+            # A push gave another digest than docker knew, or the credentials Secret was read.
+            if pinned != self.desired.pinned or (config and config != _pull_config(self.desired)):
+                found = world.prepared.images
+                self.desired = release_desired(world.spec, self.release, found, pinned, config)
         if world.kube is None:
             state = await releases.observe_absent(world.helm, self.desired)
             leftovers: list[retire.Leftover] = []
@@ -385,15 +390,21 @@ async def local_images(spec: Spec) -> tuple[images.LocalImage, ...]:
     return found
 
 
+def _pull_config(desired: DesiredRelease) -> bytes | None:
+    found = (s for s in desired.secrets if s.name == registry.PULL_SECRET)
+    return next((s.data[registry.DOCKER_CONFIG_KEY] for s in found), None)
+
+
 def release_desired(
     spec: Spec,
     release: Release,
     found: Sequence[images.LocalImage],
     pinned: Mapping[str, str] | None = None,
+    pull_config: bytes | None = None,
 ) -> DesiredRelease:
     """One release's desired state: the IDs of the images it runs are part of its digest; in
     registry mode it runs them by `pinned` (default: the digests docker last pushed) and pulls
-    with this host's credentials for an external registry."""
+    with `pull_config` (the credentials Secret's) or this host's login to the registry."""
     ids = {i.ref: i.id for i in found}
     extras = {f"image/{ref}": ids[ref] for ref in release.images if ref in ids}
     if spec.delivery_mode != "registry" or not release.images:
@@ -402,7 +413,7 @@ def release_desired(
     if pinned is None:
         ours = [i for i in found if i.ref in release.images]
         pinned = registry.predicted_references(target, ours)
-    secret = registry.pull_secret(target, release.namespace)
+    secret = registry.pull_secret(target, release.namespace, pull_config)
     return desired_release(release, extras=extras, pinned=pinned, pull_secret=secret)
 
 
