@@ -150,6 +150,25 @@ def test_pull_secret_comes_from_the_docker_login_and_stays_out_of_repr(
 
 
 @pytest.mark.unit
+def test_a_long_push_or_pull_shows_a_line_every_few_seconds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(registry, "_TICK", 0.02)
+    out = io.StringIO()
+    done = [0]
+
+    async def work() -> None:
+        async with registry._ticking(Reporter("human", stream=out), lambda: f"{done[0]}/3 done"):
+            for _ in range(3):
+                await asyncio.sleep(0.05)
+                done[0] += 1
+
+    asyncio.run(work())
+    lines = out.getvalue().splitlines()
+    assert len(lines) >= 3 and lines[0].startswith("  0/3 done (") and "3/3" not in lines[-1]
+
+
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("doc", "message"),
     [

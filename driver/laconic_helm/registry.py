@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import io
 import json
@@ -47,7 +48,7 @@ from laconic_helm.kube import Kube, SecretData
 from laconic_helm.output import human_bytes
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
     from laconic_helm.output import Reporter
     from laconic_helm.spec import Spec
@@ -66,6 +67,7 @@ MANIFEST_TYPES = (
 _PUSHED_DIGEST = re.compile(r"digest: (sha256:[0-9a-f]{64})")
 _LAYER_LINE = re.compile(r"^([0-9a-f]{12}): (Pushed|Layer already exists|Mounted from .*)$")
 _HTTP_TIMEOUT = 5.0
+_TICK = 5.0  # seconds between progress lines
 
 
 @dataclass(frozen=True)
@@ -442,20 +444,45 @@ async def configure_node(node: str, target: Where) -> None:
     await docker.run("cp", "-", f"{node}:/etc/containerd", input=buf.getvalue())
 
 
+@contextlib.asynccontextmanager
+async def _ticking(reporter: Reporter, text: Callable[[], str]) -> AsyncIterator[None]:
+    """A progress line every few seconds while the block runs: docker push and ctr pull say
+    nothing a pipe can follow until a layer is done, and a 10 GB image takes minutes."""
+    start = time.monotonic()
+
+    async def tick() -> None:
+        while True:
+            await asyncio.sleep(_TICK)
+            reporter.line(f"  {text()} ({time.monotonic() - start:.0f} s)")
+
+    task = asyncio.create_task(tick())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 async def push(target: Where, image: LocalImage, reporter: Reporter) -> tuple[str, int]:
     """Pushes one image; returns its digest and the compressed bytes of the layers sent."""
     name = pushed_name(target, image)
     await docker.run("tag", image.ref, name)
-    with reporter.progress(f"{image.ref} -> {target.prefix}", len(image.diff_ids)) as bar:
+    sent_ids: set[str] = set()
+    output: list[str] = []
+    layers = len(image.diff_ids)
+
+    def progress() -> str:
+        done = sum(1 for line in output if _LAYER_LINE.match(line))
+        return f"pushing {image.ref} to {target.prefix}: {done}/{layers} layers done"
+
+    async with _ticking(reporter, progress):
         process = await docker.spawn("push", name, stderr=asyncio.subprocess.STDOUT)
         assert process.stdout is not None
-        sent_ids, output = set(), []
         while line := (await process.stdout.readline()).decode(errors="replace"):
             output.append(line.strip())
-            if m := _LAYER_LINE.match(line.strip()):
-                bar.advance(1)
-                if m[2] == "Pushed":
-                    sent_ids.add(m[1])
+            if (m := _LAYER_LINE.match(line.strip())) and m[2] == "Pushed":
+                sent_ids.add(m[1])
         if await process.wait() != 0:
             raise ImageLoadError(
                 f"docker push {name} failed: {output[-1] if output else 'no output'}",
@@ -530,7 +557,10 @@ async def apply(
             n for n, state in seen.nodes.items()
             if n in pulls.get(image.ref, []) or not state.holds(pulled)
         )  # fmt: skip
-        await asyncio.gather(*(pull(n, ref) for n in nodes))
+        if nodes:
+            line = f"pulling {ref} into {', '.join(nodes)}"
+            async with _ticking(reporter, lambda line=line: line):
+                await asyncio.gather(*(pull(n, ref) for n in nodes))
         results.append(
             Pushed(
                 image.ref,
