@@ -180,7 +180,6 @@ async def load_images_via_registry(
         found, nodes = await images.check_inputs(cluster_name, refs)
         registry.check_local_images(found)
         target = registry.local_target(cluster_name, port, image)
-        await registry.check_hosts_dir(sorted(nodes))
         seen = await registry.observe(target, found, nodes)
         with reporter.step(f"images via {target.prefix}") as rec:
             planned = registry.plan(target, found, seen)

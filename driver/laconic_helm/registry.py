@@ -260,15 +260,22 @@ async def check_hosts_dir(nodes: Sequence[str]) -> None:
 
 
 async def observe(
-    target: Where, images: Sequence[LocalImage], nodes: Mapping[str, NodeState]
+    target: Where,
+    images: Sequence[LocalImage],
+    nodes: Mapping[str, NodeState],
+    *,
+    nodes_exist: bool = True,
 ) -> RegistrySeen:
-    """Reads the registry container, the nodes' host config and what the registry holds."""
+    """Reads the registry container, the nodes' host config and what the registry holds;
+    raises UserError for an existing node that reads no host config (`check_hosts_dir`)."""
     container = await observe_container(target.container) if target.local else None
     running = container is not None and container.running and container.port == target.port
     names = sorted(nodes)
-    network, hosts_found, digests = await asyncio.gather(
-        node_network(names) if target.local else _none(),
-        asyncio.gather(*(read_hosts(n, target) for n in names)) if target.local else _none(),
+    local = target.local
+    _, network, hosts_found, digests = await asyncio.gather(
+        check_hosts_dir(names) if local and nodes_exist else _none(),
+        node_network(names) if local else _none(),
+        asyncio.gather(*(read_hosts(n, target) for n in names)) if local else _none(),
         asyncio.gather(*(registry_digest(target, i, running) for i in images)),
     )
     hosts = dict(zip(names, hosts_found or [None] * len(names), strict=True))

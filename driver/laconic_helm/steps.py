@@ -241,9 +241,8 @@ class RegistryStep(Step[registry.RegistrySeen]):
 
     async def observe(self, world: World) -> registry.RegistrySeen:
         nodes = await self._nodes(world)
-        if world.kube is not None and self.target.local:
-            await registry.check_hosts_dir(sorted(nodes))
-        seen = await registry.observe(self.target, world.prepared.images, nodes)
+        made = world.kube is not None
+        seen = await registry.observe(self.target, world.prepared.images, nodes, nodes_exist=made)
         world.pinned = registry.references(self.target, world.prepared.images, seen)
         if world.kube is not None:
             world.pull_config = await registry.read_credentials(world.kube, self.target)
