@@ -192,12 +192,12 @@ def test_spec_refuses_a_delivery_that_cannot_work(doc: dict[str, object], messag
 
 
 @pytest.mark.unit
-def test_delivery_defaults_to_stream_on_kind_and_registry_elsewhere() -> None:
+def test_delivery_defaults_to_registry_where_a_rebuilt_layer_costs_least() -> None:
     def mode(doc: dict[str, object]) -> str:
         return parse_spec(doc, source="d", base=Path.cwd()).delivery_mode  # type: ignore[arg-type]
 
-    assert mode({}) == "stream"
-    assert mode({"imageDelivery": {"mode": "registry"}}) == "registry"
+    assert mode({}) == "registry"
+    assert mode({"imageDelivery": {"mode": "stream"}}) == "stream"
     assert mode({"imageDelivery": {"external": {"address": "r.example.com/x"}}}) == "registry"
     existing = {"provider": "existing", "context": "c"}
     assert mode({"cluster": existing, "imageDelivery": {"external": {"address": "r.io"}}}) == (
@@ -594,3 +594,40 @@ def test_existing_cluster_pulls_from_an_external_registry_with_the_operators_cre
         assert missing.error == (
             f"imageDelivery.external.credentialsSecret: Secret {namespace}/absent does not exist"
         )
+
+
+@pytest.mark.docker
+def test_by_default_a_cluster_made_before_registry_mode_is_streamed_into(
+    builder: Builder, tmp_path: Path
+) -> None:
+    from laconic_helm.errors import UserError
+    from laconic_helm.images import check_images, containerd_name
+    from laconic_helm.steps import ImagesSeen, Options, Prepared, RegistryStep, World
+
+    cluster = f"lh-old-{uuid.uuid4().hex[:8]}"
+    ref = builder.build("old:1", {"a": os.urandom(256 << 10)})
+    try:
+        nodes.create_cluster(cluster)  # containerd reading no registry host config
+
+        def world(delivery: dict[str, object]) -> tuple[World, RegistryStep]:
+            doc = {"cluster": {"name": cluster}, "images": [ref], "imageDelivery": delivery}
+            spec = parse_spec(doc, source="d.yaml", base=tmp_path)
+            found = tuple(asyncio.run(check_images([ref])))
+            prepared = Prepared((), None, None, found)  # type: ignore[arg-type]
+            reporter = Reporter("human", stream=io.StringIO())
+            return World(spec, Options(), prepared, reporter, kube=object()), RegistryStep(spec)  # type: ignore[arg-type]
+
+        made, step = world({})
+        seen = asyncio.run(step.observe(made))
+        assert isinstance(seen, ImagesSeen) and made.pinned == {}  # releases run it by tag
+        actions = step.plan(made, seen)
+        assert [(a.verb, a.target) for a in actions] == [("load-image", ref)]
+        asyncio.run(step.apply(made, seen, actions))
+        assert containerd_name(ref) in nodes.ctr_images(f"{cluster}-control-plane")
+        assert nodes.docker("ps", "-aq", "--filter", f"name=^{cluster}-registry$").strip() == ""
+
+        asked, step = world({"mode": "registry"})  # asked for: refused, naming the node
+        with pytest.raises(UserError, match=f"node {cluster}-control-plane: its containerd"):
+            asyncio.run(step.observe(asked))
+    finally:
+        nodes.delete_cluster(cluster)

@@ -31,9 +31,11 @@ from laconic_helm.helm import connect as connect_helm
 from laconic_helm.kube import Kube
 from laconic_helm.spec import BUILTIN_SOURCE
 from laconic_helm.steps import (
+    ImagesSeen,
     ImagesStep,
     Options,
     Prepared,
+    RegistryStep,
     ReleaseStep,
     World,
     desired_releases,
@@ -215,8 +217,12 @@ async def status(spec: Spec, reporter: Reporter) -> dict[str, Any]:
     world = World(spec, Options(), prepared, reporter)
     for step in steps_for(spec, prepared.desired):
         seen = await step.observe(world)
-        if isinstance(step, ImagesStep):
-            doc["images"] = images.outcomes(found, seen.nodes, step.plan_nodes(world, seen))
+        if isinstance(seen, ImagesSeen):  # streamed (also a registry step's fallback)
+            planned = images.plan_images(found, seen.nodes)
+            doc["images"] = images.outcomes(found, seen.nodes, planned)
+        elif isinstance(step, RegistryStep):
+            doc["images"] = registry.outcomes(step.target, found, seen)
+        if isinstance(step, (ImagesStep, RegistryStep)):
             for line in output.image_lines(doc["images"]):
                 reporter.line(line)
         elif isinstance(step, ReleaseStep):

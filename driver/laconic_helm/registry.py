@@ -48,7 +48,7 @@ from laconic_helm.kube import Kube, SecretData
 from laconic_helm.output import human_bytes
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+    from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 
     from laconic_helm.output import Reporter
     from laconic_helm.spec import Spec
@@ -245,6 +245,12 @@ async def registry_digest(target: Where, image: LocalImage, running: bool) -> st
     return digest if await manifest(target, path, digest) is not None else None
 
 
+async def reads_hosts(nodes: Iterable[str]) -> bool:
+    """Whether every node's containerd reads per-registry host config from CERTS_DIR."""
+    found = await asyncio.gather(*map(get_hosts_dir, nodes))
+    return all(hosts_dir == CERTS_DIR for hosts_dir in found)
+
+
 async def check_hosts_dir(nodes: Sequence[str]) -> None:
     """Raises UserError for a node whose containerd reads no per-registry host config: a
     cluster made before registry mode (the setting is fixed when the node is made)."""
@@ -329,6 +335,23 @@ def plan(target: Where, images: Sequence[LocalImage], seen: RegistrySeen) -> lis
                 if digest is None or not state.holds(_as_pulled(target, image, digest)):
                     actions.append(Action(STEP, "pull-image", image.ref, f"into {node}"))
     return actions
+
+
+def outcomes(
+    target: Where, images: Sequence[LocalImage], seen: RegistrySeen
+) -> dict[str, dict[str, str]]:
+    """Per image: the registry (`up-to-date` or `push-image`), then each node (`up-to-date` or
+    `pull-image`), for `status`."""
+    planned = {(a.verb, a.target, a.detail) for a in plan(target, images, seen)}
+    found = {}
+    for image in images:
+        pushed = ("push-image", image.ref, f"to {target.prefix}") in planned
+        where = {target.prefix: "push-image" if pushed else "up-to-date"}
+        for node in sorted(seen.nodes):
+            pulled = ("pull-image", image.ref, f"into {node}") in planned
+            where[node] = "pull-image" if pulled else "up-to-date"
+        found[image.ref] = where
+    return found
 
 
 def _as_pulled(target: Where, image: LocalImage, digest: str) -> LocalImage:

@@ -182,7 +182,8 @@ class ImageDelivery(_Model):
         None,
         description="stream: sent into each kind node's containerd; registry: pushed to a "
         "registry the nodes pull from, the releases' image references pinned to the pushed "
-        "digests. Default: stream on kind, registry on provider existing.",
+        "digests. Default: registry (on kind the local one; a kind cluster whose nodes read "
+        "no registry host config, made before registry mode, is streamed into).",
     )
     local: LocalRegistry = Field(
         default_factory=LocalRegistry, description="The local registry (kind, registry mode)."
@@ -428,10 +429,9 @@ class Spec(_Model):
 
     @property
     def delivery_mode(self) -> Literal["stream", "registry"]:
-        if self.image_delivery.mode is not None:
-            return self.image_delivery.mode
-        kind = self.cluster.provider == "kind" and self.image_delivery.external is None
-        return "stream" if kind else "registry"
+        """Registry unless the spec says stream: a rebuilt layer costs less through a registry
+        (benchmarks/README.md, "Stream and registry modes")."""
+        return self.image_delivery.mode or "registry"
 
 
 def data_dir(kind: Literal["charts", "values", "examples"]) -> Path:

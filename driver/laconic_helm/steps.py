@@ -221,15 +221,21 @@ class ImagesStep(Step[ImagesSeen]):
         return dataclasses.replace(done, detail="; ".join(filter(None, [done.detail, summary])))
 
 
-class RegistryStep(Step[registry.RegistrySeen]):
+class RegistryStep(Step["registry.RegistrySeen | ImagesSeen"]):
     """The spec's images through a registry: the local registry container and the nodes' host
     config (kind), the pushes, then (kind) a pull into every node. The releases after it run
-    the images by the digests it pushed."""
+    the images by the digests it pushed.
+
+    With the mode left to its default, a kind cluster whose nodes read no registry host config
+    (made before registry mode; the setting is fixed at creation) is streamed into instead, and
+    its releases run the images by tag, as before.
+    """
 
     def __init__(self, spec: Spec) -> None:
         self.spec = spec
         self.target = registry.where(spec)
         self.name = f"images via {self.target.prefix}"
+        self.stream = ImagesStep(spec) if spec.image_delivery.mode is None else None
 
     async def _nodes(self, world: World) -> dict[str, containerd.NodeState]:
         if self.spec.cluster.provider != "kind":
@@ -239,21 +245,34 @@ class RegistryStep(Step[registry.RegistrySeen]):
             return {node: containerd.NodeState(node, {}, {})}
         return await images.observe_nodes(self.spec.cluster.name)
 
-    async def observe(self, world: World) -> registry.RegistrySeen:
+    async def observe(self, world: World) -> registry.RegistrySeen | ImagesSeen:
         nodes = await self._nodes(world)
         made = world.kube is not None
+        if self.stream and made and self.target.local and not await registry.reads_hosts(nodes):
+            world.pinned = {}  # by tag, as streamed images are named
+            return ImagesSeen(nodes)
         seen = await registry.observe(self.target, world.prepared.images, nodes, nodes_exist=made)
         world.pinned = registry.references(self.target, world.prepared.images, seen)
         if world.kube is not None:
             world.pull_config = await registry.read_credentials(world.kube, self.target)
         return seen
 
-    def plan(self, world: World, seen: registry.RegistrySeen) -> list[Action]:
+    def plan(self, world: World, seen: registry.RegistrySeen | ImagesSeen) -> list[Action]:
+        if isinstance(seen, ImagesSeen):
+            assert self.stream is not None
+            return self.stream.plan(world, seen)
         return registry.plan(self.target, world.prepared.images, seen)
 
     async def apply(
-        self, world: World, seen: registry.RegistrySeen, actions: Sequence[Action]
+        self, world: World, seen: registry.RegistrySeen | ImagesSeen, actions: Sequence[Action]
     ) -> Done:
+        if isinstance(seen, ImagesSeen):
+            assert self.stream is not None
+            world.reporter.line(
+                f"  streaming: the nodes of {self.spec.cluster.name} read no registry host "
+                f"config (made before registry mode)"
+            )
+            return await self.stream.apply(world, seen, actions)
         results, world.pinned = await registry.apply(
             self.target, world.prepared.images, seen, actions, world.reporter
         )
@@ -281,7 +300,7 @@ class ReleaseStep(Step[ReleaseSeen]):
 
     async def observe(self, world: World) -> ReleaseSeen:
         if world.pinned is not None and self.release.images:
-            pinned = {ref: world.pinned[ref] for ref in self.release.images}
+            pinned = {ref: world.pinned[ref] for ref in self.release.images if ref in world.pinned}
             config = world.pull_config
             # A push gave another digest than docker knew, or the credentials Secret was read.
             if pinned != self.desired.pinned or (config and config != _pull_config(self.desired)):

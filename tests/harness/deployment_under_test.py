@@ -240,6 +240,7 @@ def full_spec(
             "mounts": [{"hostPath": str(files.data), "containerPath": DATA_MOUNT}],
         },
         "images": list(images.refs),
+        "imageDelivery": {"mode": "stream"},  # registry mode has tests of its own
         "releases": [
             {
                 "name": "caddy-ingress",

@@ -58,6 +58,7 @@ def spec(
     return {
         "cluster": cluster,
         "images": [images["caddy"], images["agave"], images["busybox"]],
+        "imageDelivery": {"mode": "stream"},  # registry mode has a test of its own
         "releases": [
             {
                 "name": CADDY,

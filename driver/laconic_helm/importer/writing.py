@@ -90,11 +90,12 @@ def _spec_doc(
         takeover["removeAfterAgaveDeployment"],
         gracePeriodSeconds=OLD_NODE_GRACE,
     )
-    return {
-        "cluster": cluster,
-        "images": [agave.image] if agave.image else [],
-        "releases": [caddy, release],
-    }
+    doc: dict[str, Any] = {"cluster": cluster, "images": [agave.image] if agave.image else []}
+    if agave.image:
+        # laconic-so loaded the image straight into the node: streaming keeps the node's name
+        # for it, where a registry would pull it again under another and restart the node.
+        doc["imageDelivery"] = {"mode": "stream"}
+    return {**doc, "releases": [caddy, release]}
 
 
 def output_files(
