@@ -29,6 +29,7 @@ average is printed with the results.
     python benchmarks/images.py                 # set S 1.5 GiB, set U 0.9 GiB (needs ~15 GB disk)
     python benchmarks/images.py --base-mib 200 --top-mib 20 --unique-mib 60   # a quick run
     python benchmarks/images.py --kind --base-mib 600 --top-mib 60 --unique-mib 200  # real kind
+    python benchmarks/images.py --modes stream,registry   # the loader's two modes (modes.py)
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "driver"))
 
+import modes  # noqa: E402
 from tests.harness import imagebuild, nodes, realkind  # noqa: E402
 
 from laconic_helm import cluster as kindcluster  # noqa: E402
@@ -516,7 +518,12 @@ def main() -> None:
     parser.add_argument(
         "--kind", action="store_true", help="real kind nodes, kind's own `kind load docker-image`"
     )
+    parser.add_argument(
+        "--modes", default="", help="compare loader modes instead (stream,registry): modes.py"
+    )
     args = parser.parse_args()
+    if args.modes and args.kind:
+        parser.error("--modes runs on stand-in nodes only, not with --kind")
     if args.kind:  # images, nodes and loader all on the test daemon real kind runs on
         os.environ["PATH"] = f"{realkind.CACHE / 'bin'}{os.pathsep}{os.environ['PATH']}"
         os.environ["DOCKER_HOST"] = realkind.DOCKER_HOST
@@ -534,7 +541,9 @@ def main() -> None:
             ", ".join(f"set {x.name}: {x.total / MiB:.0f} MiB distinct" for x in sets),
             file=sys.stderr,
         )
-        if args.kind:
+        if args.modes:
+            rows += modes.run(sets, work, modes.parse(args.modes), args.repeats)
+        elif args.kind:
             rows += run_kind(sets, work, clusters, args.repeats)
         else:
             for x in sets:
@@ -555,10 +564,12 @@ def main() -> None:
             subprocess.run(["docker", "rmi", ref], capture_output=True, check=False)
         subprocess.run(["rm", "-rf", str(work)], check=False)
     load = os.getloadavg()
-    print(table(rows))
+    print(modes.table(rows) if args.modes else table(rows))
     print()
     changed = {x.name: x.rebuild[2] for x in sets}
-    if args.kind:
+    if args.modes:
+        print(modes.summary(rows, changed))
+    elif args.kind:
         print(kind_targets(rows, changed))
     else:
         print(targets(rows, changed, {x.name: x.total for x in sets}))
