@@ -403,6 +403,14 @@ def test_bad_input_is_refused_before_anything_moves(builder: Builder, reg: Regis
         nodes.delete_cluster(plain)
     assert nodes.docker("ps", "-aq", "--filter", f"name={plain}-registry").strip() == ""
 
+    # A container of someone else under the registry's name: named, and left alone.
+    nodes.docker("create", "--name", reg.container, reg.image)
+    done = CliRunner().invoke(main, reg.cli(ref)[3:])
+    assert done.exit_code == 2, done.output
+    assert f"container {reg.container} exists and is not this tool's registry" in done.output
+    assert nodes.docker("ps", "-aq", "--filter", f"name=^{reg.container}$").strip()
+    nodes.docker("rm", reg.container)
+
     digest_ref = f"{ref}@sha256:{'0' * 64}"
     done = CliRunner().invoke(main, reg.cli(digest_ref)[3:])
     assert done.exit_code == 2 and "Traceback" not in done.output

@@ -48,7 +48,7 @@ from laconic_helm.kube import Kube, SecretData
 from laconic_helm.output import human_bytes
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+    from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
     from laconic_helm.output import Reporter
     from laconic_helm.spec import Spec
@@ -161,6 +161,7 @@ class Container:
     image: str
     port: int | None  # the host port bound to the registry's, on 127.0.0.1
     networks: tuple[str, ...]
+    ours: bool = True  # made by this tool (its label): only then may it be replaced
 
 
 @dataclass(frozen=True)
@@ -185,7 +186,9 @@ async def observe_container(name: str) -> Container | None:
     ) or []
     port = next((int(b["HostPort"]) for b in bindings if b.get("HostPort")), None)
     networks = tuple(sorted((info.get("NetworkSettings") or {}).get("Networks") or {}))
-    return Container(bool(info["State"]["Running"]), info["Config"]["Image"], port, networks)
+    config = info["Config"]
+    ours = (config.get("Labels") or {}).get(OWNER_LABEL) == name
+    return Container(bool(info["State"]["Running"]), config["Image"], port, networks, ours)
 
 
 async def node_network(nodes: Sequence[str]) -> str | None:
@@ -210,10 +213,8 @@ async def read_hosts(node: str, target: Where) -> str | None:
         return data.read().decode(errors="replace") if data else None
 
 
-def _request(url: str, method: str = "GET") -> bytes | None:
-    request = urllib.request.Request(
-        url, method=method, headers={"Accept": ",".join(MANIFEST_TYPES)}
-    )
+def _request(url: str) -> bytes | None:
+    request = urllib.request.Request(url, headers={"Accept": ",".join(MANIFEST_TYPES)})
     try:
         with urllib.request.urlopen(request, timeout=_HTTP_TIMEOUT) as answer:
             return bytes(answer.read())
@@ -245,24 +246,26 @@ async def registry_digest(target: Where, image: LocalImage, running: bool) -> st
     return digest if await manifest(target, path, digest) is not None else None
 
 
-async def reads_hosts(nodes: Iterable[str]) -> bool:
-    """Whether every node's containerd reads per-registry host config from CERTS_DIR."""
+async def _not_reading_hosts(nodes: Sequence[str]) -> list[str]:
+    """The nodes whose containerd reads no per-registry host config from CERTS_DIR: those of a
+    cluster made before registry mode (the setting is fixed when a node is made)."""
     found = await asyncio.gather(*map(get_hosts_dir, nodes))
-    return all(hosts_dir == CERTS_DIR for hosts_dir in found)
+    return [node for node, hosts_dir in zip(nodes, found, strict=True) if hosts_dir != CERTS_DIR]
+
+
+async def reads_hosts(nodes: Sequence[str]) -> bool:
+    return not await _not_reading_hosts(nodes)
 
 
 async def check_hosts_dir(nodes: Sequence[str]) -> None:
-    """Raises UserError for a node whose containerd reads no per-registry host config: a
-    cluster made before registry mode (the setting is fixed when the node is made)."""
-    found = await asyncio.gather(*map(get_hosts_dir, nodes))
-    for node, hosts_dir in zip(nodes, found, strict=True):
-        if hosts_dir != CERTS_DIR:
-            raise UserError(
-                f"node {node}: its containerd does not read registry host config from "
-                f"{CERTS_DIR}, which registry mode needs (the cluster predates it)",
-                hint="use imageDelivery.mode: stream, or remake the cluster "
-                "(`down --delete-cluster`, then deploy; loaded images and node data are lost)",
-            )
+    """Raises UserError naming the first node that reads no registry host config."""
+    if unready := await _not_reading_hosts(nodes):
+        raise UserError(
+            f"node {unready[0]}: its containerd does not read registry host config from "
+            f"{CERTS_DIR}, which registry mode needs (the cluster predates it)",
+            hint="use imageDelivery.mode: stream, or remake the cluster "
+            "(`down --delete-cluster`, then deploy; loaded images and node data are lost)",
+        )
 
 
 async def observe(
@@ -270,16 +273,17 @@ async def observe(
     images: Sequence[LocalImage],
     nodes: Mapping[str, NodeState],
     *,
-    nodes_exist: bool = True,
+    check_nodes: bool = True,
 ) -> RegistrySeen:
     """Reads the registry container, the nodes' host config and what the registry holds;
-    raises UserError for an existing node that reads no host config (`check_hosts_dir`)."""
+    with `check_nodes` (nodes that exist and were not checked yet) raises UserError for a
+    node that reads no host config (`check_hosts_dir`)."""
     container = await observe_container(target.container) if target.local else None
     running = container is not None and container.running and container.port == target.port
     names = sorted(nodes)
     local = target.local
     _, network, hosts_found, digests = await asyncio.gather(
-        check_hosts_dir(names) if local and nodes_exist else _none(),
+        check_hosts_dir(names) if local and check_nodes else _none(),
         node_network(names) if local else _none(),
         asyncio.gather(*(read_hosts(n, target) for n in names)) if local else _none(),
         asyncio.gather(*(registry_digest(target, i, running) for i in images)),
@@ -307,6 +311,12 @@ def plan(target: Where, images: Sequence[LocalImage], seen: RegistrySeen) -> lis
     if target.local:
         c = seen.container
         name = str(target.container)
+        if c is not None and not c.ours:
+            raise UserError(
+                f"container {name} exists and is not this tool's registry (no label "
+                f"{OWNER_LABEL}={name}); it is left alone",
+                hint="remove or rename it, or use imageDelivery.mode: stream",
+            )
         if c is None:
             actions.append(Action(STEP, "create-registry", name, f"127.0.0.1:{target.port}"))
         elif c.image != target.image or c.port != target.port:

@@ -248,10 +248,13 @@ class RegistryStep(Step["registry.RegistrySeen | ImagesSeen"]):
     async def observe(self, world: World) -> registry.RegistrySeen | ImagesSeen:
         nodes = await self._nodes(world)
         made = world.kube is not None
-        if self.stream and made and self.target.local and not await registry.reads_hosts(nodes):
+        local = made and self.target.local
+        if self.stream and local and not await registry.reads_hosts(sorted(nodes)):
             world.pinned = {}  # by tag, as streamed images are named
             return ImagesSeen(nodes)
-        seen = await registry.observe(self.target, world.prepared.images, nodes, nodes_exist=made)
+        unchecked = made and self.stream is None  # else reads_hosts said yes above
+        found = world.prepared.images
+        seen = await registry.observe(self.target, found, nodes, check_nodes=unchecked)
         world.pinned = registry.references(self.target, world.prepared.images, seen)
         if world.kube is not None:
             world.pull_config = await registry.read_credentials(world.kube, self.target)
