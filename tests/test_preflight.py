@@ -266,3 +266,22 @@ def test_missing_kind_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         asyncio.run(preflight.check_tools(make_cluster()))
     # provider existing needs no kind at all
     asyncio.run(preflight.check_tools(make_cluster(provider="existing", context="x")))
+
+
+def test_registry_port_held_by_another_process_is_named_before_anything_moves(
+    tmp_path: Path,
+) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        doc = {"images": ["me/app:1"], "imageDelivery": {"local": {"port": port}}}
+        spec = parse_spec(doc, source="d.yaml", base=tmp_path)
+        with pytest.raises(UserError) as caught:
+            asyncio.run(preflight.check_registry_port(spec))
+        assert caught.value.message == (
+            f"imageDelivery.local.port: host port {port}/TCP on 127.0.0.1 is in use by "
+            "another process"
+        )
+        streamed = {**doc, "imageDelivery": {"mode": "stream", "local": {"port": port}}}
+        asyncio.run(preflight.check_registry_port(parse_spec(streamed, source="d", base=tmp_path)))

@@ -22,7 +22,7 @@ from laconic_helm.cluster.observe import ClusterState
 from laconic_helm.errors import ToolMissingError, UserError
 
 if TYPE_CHECKING:
-    from laconic_helm.spec import Cluster
+    from laconic_helm.spec import Cluster, Spec
 
 MIN_KIND = (0, 17)  # node `labels` in the kind config
 _SOCKET_TYPES = {
@@ -153,6 +153,24 @@ async def check_ports(cluster: Cluster, state: ClusterState) -> None:
                 f"{p.listen_address} is in use by {holder}",
                 hint="free it, or choose another hostPort",
             )
+
+
+async def check_registry_port(spec: Spec) -> None:
+    """Raises UserError when the local registry's host port is held by anything but the
+    registry container itself (registry mode on kind)."""
+    if not spec.images or spec.delivery_mode != "registry" or spec.image_delivery.external:
+        return
+    if spec.cluster.provider != "kind":
+        return
+    port = spec.image_delivery.local.port
+    if not port_in_use("127.0.0.1", port, "TCP"):
+        return
+    holder = await _holder(port, "TCP")
+    if holder != f"container {spec.cluster.name}-registry":
+        raise UserError(
+            f"imageDelivery.local.port: host port {port}/TCP on 127.0.0.1 is in use by {holder}",
+            hint="free it, or choose another port",
+        )
 
 
 def kubeconfig_files() -> list[Path]:

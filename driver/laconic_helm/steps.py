@@ -485,6 +485,7 @@ async def prepare(
     # The charts' own checks refuse a values mistake now.
     if helm is not None and desired is not None:
         await together(*(_attempt(check_renders(helm, r), problems) for r in desired))
+    await _attempt(preflight.check_registry_port(spec), problems)
     if state is not None:
         await _attempt(preflight.check_host(spec.cluster, state), problems)
         # Planning raises for a cluster we may not touch (not ours, or incompatible).
