@@ -259,6 +259,14 @@ CASES: dict[str, tuple[Mutation, tuple[str, ...]]] = {
         _set("cluster.provider", "existing"),
         ("cluster", "context"),
     ),
+    "registry-port-out-of-range": (
+        _set("imageDelivery", {"local": {"port": 0}}),
+        ("imageDelivery.local.port",),
+    ),
+    "registry-address-not-a-registry": (
+        _set("imageDelivery", {"external": {"address": "https://registry.example.com"}}),
+        ("imageDelivery.external.address",),
+    ),
     "missing-chart": (
         lambda doc, folder: _set("releases[1].chart", str(folder / "no-chart"))(doc, folder),
         ("releases[1].chart", "no-chart"),
