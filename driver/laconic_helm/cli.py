@@ -165,10 +165,10 @@ def images_load(app: App, cluster: str, lock_wait: float, image: tuple[str, ...]
 
     It takes the cluster's deployment lock, so it never runs beside a deploy or another load
     (a load in progress protects its half-sent layers from containerd's garbage collector)."""
-    from laconic_helm import commands
+    from laconic_helm.loading import load_images
 
     async def work() -> dict[str, Any]:
-        return await commands.load_images(cluster, image, app.reporter, lock_wait=lock_wait)
+        return await load_images(cluster, image, app.reporter, lock_wait=lock_wait)
 
     _run(app, work)
 

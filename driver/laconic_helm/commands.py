@@ -33,8 +33,6 @@ from laconic_helm.steps import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
     from laconic_helm.actions import Action
     from laconic_helm.cluster import ClusterAccess
     from laconic_helm.helm import Helm
@@ -137,22 +135,6 @@ async def plan(spec: Spec, reporter: Reporter, opts: Options) -> dict[str, Any]:
         "changed": False,
         "spec": str(spec.source),
     }
-
-
-async def load_images(
-    cluster_name: str, refs: Sequence[str], reporter: Reporter, *, lock_wait: float
-) -> dict[str, Any]:
-    """`images load`: the images step on its own, for any kind cluster, under its lock (a load
-    in progress protects its half-sent layers from containerd's garbage collector)."""
-    async with lock.deployment_lock(cluster_name, wait=lock_wait):
-        found, nodes = await images.check_inputs(cluster_name, refs)
-        with reporter.step(f"images into {cluster_name}") as rec:
-            planned = images.plan_images(found, nodes)
-            results = await images.apply_images(found, nodes, planned, reporter)
-            for result in results:
-                reporter.line(result.line())
-            rec.done("changed" if planned else "ok", images.summary(results))
-    return {"images": [r.as_dict() for r in results]}
 
 
 def describe_source(spec: Spec) -> str:
