@@ -35,6 +35,17 @@ def test_help_does_not_import_heavy_modules() -> None:
     assert done.stdout.strip().splitlines()[-1] == "heavy="
 
 
+def test_images_load_does_not_import_heavy_modules() -> None:
+    # A re-run of `images load` with everything present should cost little more than start-up.
+    probe = (
+        "import sys, laconic_helm.cli, laconic_helm.loading\n"
+        "heavy = ('kubernetes', 'pyhelm3', 'rich', 'pydantic', 'yaml')\n"
+        "print('heavy=' + ','.join(m for m in heavy if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "heavy="
+
+
 def test_unknown_option_is_a_usage_error() -> None:
     result = CliRunner().invoke(main, ["--no-such-flag"])
     assert result.exit_code == 2

@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING
 import pytest
 from click.testing import CliRunner
 
-from laconic_helm import containerd, images, proc
+from laconic_helm import containerd, images, proc, stream
 from laconic_helm.archive import LegacyLayers, PipeWriter, TarReader, TarWriter, chain_ids
 from laconic_helm.cli import main
+from laconic_helm.errors import ImageLoadError
 from laconic_helm.output import Reporter
 from tests.harness import nodes
 from tests.harness.imagebuild import Builder
@@ -310,6 +311,18 @@ def test_plan_covers_every_image_and_node() -> None:
 
 
 @pytest.mark.unit
+def test_images_sharing_no_layer_go_in_separate_saves_in_request_order() -> None:
+    def image(ref: str, *layers: bytes) -> images.LocalImage:
+        return images.LocalImage(ref, ref, _digest(ref.encode()), tuple(map(_digest, layers)), 0)
+
+    a, b, c = image("a", b"x", b"y"), image("b", b"z"), image("c", b"w")
+    d = image("d", b"y", b"w")  # joins a's group and c's
+    again = images.LocalImage("e", "e", a.id, a.diff_ids, 0)  # a's ID under another name
+    groups = stream.save_groups([a, b, c, d, again, image("f")])
+    assert [[i.ref for i in g] for g in groups] == [["a", "c", "d", "e"], ["b"], ["f"]]
+
+
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("dump", "snapshotter"),
     [
@@ -436,6 +449,53 @@ def test_shared_base_is_sent_once(builder: Builder, cluster: str) -> None:
     assert 4 * MiB + (256 << 10) < total < 4 * MiB + (512 << 10)  # not 2 x 4 MiB
     held = nodes.ctr_images(f"{cluster}-control-plane")
     assert {images.containerd_name(one), images.containerd_name(two)} <= set(held)
+
+
+def _recording_save(calls: list[list[str]], fail_after: int | None = None) -> stream.ArchiveSource:
+    """`docker save` that records each call's references; from call `fail_after` on, a save
+    that writes half an archive and fails."""
+
+    async def save(refs: Sequence[str], stdout: int) -> asyncio.subprocess.Process:
+        calls.append(list(refs))
+        if fail_after is not None and len(calls) > fail_after:
+            script = 'docker save "$@" | head -c 70000; echo no such image >&2; exit 3'
+            return await proc.spawn(["sh", "-c", script, "save", *refs], stdout=stdout)
+        return await stream.docker_save(refs, stdout)
+
+    return save
+
+
+@pytest.mark.docker
+def test_images_sharing_no_layer_are_saved_one_after_another(
+    builder: Builder, cluster: str
+) -> None:
+    base = builder.build("base:1", {"b": os.urandom(2 * MiB)})
+    one = builder.build("one:1", {"t": os.urandom(256 << 10)}, base=base)
+    other = builder.build("other:1", {"o": os.urandom(MiB)})
+    two = builder.build("two:1", {"t": os.urandom(256 << 10)}, base=base)
+    calls: list[list[str]] = []
+
+    results = _load(cluster, one, other, two, archive=_recording_save(calls))
+    assert calls == [[one, two], [other]]
+    assert {r.status for r in results.values()} == {"load-image"}
+    total = sum(r.bytes_sent for r in results.values())
+    assert 3 * MiB + (512 << 10) < total < 3 * MiB + MiB  # the base once, everything else once
+    held = nodes.ctr_images(f"{cluster}-control-plane")
+    assert {images.containerd_name(r) for r in (one, other, two)} <= set(held)
+    assert {r.status for r in _load(cluster, one, other, two).values()} == {"up-to-date"}
+
+
+@pytest.mark.docker
+def test_a_failed_later_save_names_docker_save_and_creates_no_image(
+    builder: Builder, cluster: str
+) -> None:
+    one = builder.build("one:1", {"f": os.urandom(MiB)})
+    other = builder.build("other:1", {"f": os.urandom(MiB)})
+    calls: list[list[str]] = []
+    with pytest.raises(ImageLoadError, match="docker save failed: no such image"):
+        _load(cluster, one, other, archive=_recording_save(calls, fail_after=1))
+    assert calls == [[one], [other]]
+    assert nodes.ctr_images(f"{cluster}-control-plane") == []  # no index: nothing is named
 
 
 @pytest.mark.docker

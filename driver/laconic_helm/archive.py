@@ -147,6 +147,11 @@ class TarReader:
             except BlockingIOError:
                 await _ready(self.fd, write=False)
 
+    async def started(self) -> None:
+        """Waits until the stream has data or has ended (a `docker save` has finished exporting
+        before its first byte)."""
+        await _ready(self.fd, write=False)
+
     async def _exactly(self, n: int) -> bytes:
         parts = []
         while n:
@@ -404,7 +409,7 @@ class Target:
 
 
 class Relay:
-    """Copies one `docker save` stream to every target, leaving out what each already holds.
+    """Copies `docker save` streams to every target, leaving out what each already holds.
 
     Calls `on_bytes(digest, n)` for every chunk read from the archive (digest None when not yet
     known) and `on_blob(target, digest, size)` once a blob has been written to a target in full.
@@ -428,12 +433,15 @@ class Relay:
         self._sizes: dict[str, int] = {}  # archive path -> size
         self._links: dict[str, str] = {}  # archive path -> path it points to
         self._hashed: dict[str, str] = {}  # legacy dir sent before its diffID was known -> digest
-        self._manifest: list[dict[str, object]] | None = None
-        self._index: dict[str, object] | None = None
+        self._manifest: list[dict[str, object]] | None = None  # every archive's, in order
+        self._index: list[object] = []  # the manifests of every archive's index.json
         self._oci = False
 
     async def read(self, reader: TarReader) -> None:
-        """Relays every entry of the archive: blobs only, nothing that names an image yet."""
+        """Relays every entry of one archive: blobs only, nothing that names an image yet.
+
+        Called once per archive when the images come in several (their paths are content
+        addressed, so the archives' entries never clash)."""
         while (entry := await reader.next()) is not None:
             await self._entry(reader, entry)
 
@@ -468,14 +476,17 @@ class Relay:
             data = await reader.read_small()
             if data is None:
                 raise ImageLoadError(f"the image archive's {name} is larger than expected")
+            if name == "oci-layout":
+                self._oci = True
+                return
             try:
-                if name == "manifest.json":
-                    self._manifest = json.loads(data)
-                elif name == "index.json":
-                    self._index = json.loads(data)
+                document = json.loads(data)
             except ValueError as exc:
                 raise ImageLoadError(f"the image archive's {name} is not JSON: {exc}") from exc
-            self._oci = self._oci or name == "oci-layout"
+            if name == "manifest.json" and isinstance(document, list):
+                self._manifest = [*(self._manifest or []), *document]
+            elif name == "index.json" and isinstance(document, dict):
+                self._index += document.get("manifests") or []
 
     async def _legacy_entry(
         self, reader: TarReader, entry: TarEntry, v1_id: str, part: str
@@ -607,7 +618,7 @@ class Relay:
 
     def _oci_descriptors(self) -> dict[str, dict[str, object]]:
         """Finds each image's descriptor in the archive's index.json (by name, else by digest)."""
-        entries = list((self._index or {}).get("manifests") or [])  # type: ignore[call-overload]
+        entries: list[dict[str, object]] = [e for e in self._index if isinstance(e, dict)]
         descriptors: dict[str, dict[str, object]] = {}
         for image in self.images:
             for entry in entries:

@@ -189,15 +189,15 @@ def images_load(
 
     It takes the cluster's deployment lock, so it never runs beside a deploy or another load
     (a load in progress protects its half-sent layers from containerd's garbage collector)."""
-    from laconic_helm import commands
+    from laconic_helm.loading import load_images, load_images_via_registry
 
     async def work() -> dict[str, Any]:
         if via == "registry":
-            return await commands.load_images_via_registry(
+            return await load_images_via_registry(
                 cluster, image, app.reporter, port=registry_port, image=registry_image,
                 lock_wait=lock_wait,
             )  # fmt: skip
-        return await commands.load_images(cluster, image, app.reporter, lock_wait=lock_wait)
+        return await load_images(cluster, image, app.reporter, lock_wait=lock_wait)
 
     _run(app, work)
 

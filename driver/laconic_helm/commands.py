@@ -45,8 +45,6 @@ from laconic_helm.steps import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
     from laconic_helm.actions import Action
     from laconic_helm.cluster import ClusterAccess
     from laconic_helm.helm import Helm
@@ -149,47 +147,6 @@ async def plan(spec: Spec, reporter: Reporter, opts: Options) -> dict[str, Any]:
         "changed": False,
         "spec": str(spec.source),
     }
-
-
-async def load_images(
-    cluster_name: str, refs: Sequence[str], reporter: Reporter, *, lock_wait: float
-) -> dict[str, Any]:
-    """`images load`: the images step on its own, for any kind cluster, under its lock (a load
-    in progress protects its half-sent layers from containerd's garbage collector)."""
-    async with lock.deployment_lock(cluster_name, wait=lock_wait):
-        found, nodes = await images.check_inputs(cluster_name, refs)
-        with reporter.step(f"images into {cluster_name}") as rec:
-            planned = images.plan_images(found, nodes)
-            results = await images.apply_images(found, nodes, planned, reporter)
-            for result in results:
-                reporter.line(result.line())
-            rec.done("changed" if planned else "ok", images.summary(results))
-    return {"images": [r.as_dict() for r in results]}
-
-
-async def load_images_via_registry(
-    cluster_name: str,
-    refs: Sequence[str],
-    reporter: Reporter,
-    *,
-    port: int,
-    image: str,
-    lock_wait: float,
-) -> dict[str, Any]:
-    """`images load --via registry`: registry mode's step on its own, for any kind cluster
-    whose nodes read registry host config."""
-    async with lock.deployment_lock(cluster_name, wait=lock_wait):
-        found, nodes = await images.check_inputs(cluster_name, refs)
-        registry.check_local_images(found)
-        target = registry.local_target(cluster_name, port, image)
-        seen = await registry.observe(target, found, nodes)
-        with reporter.step(f"images via {target.prefix}") as rec:
-            planned = registry.plan(target, found, seen)
-            results, _ = await registry.apply(target, found, seen, planned, reporter)
-            for result in results:
-                reporter.line(result.line())
-            rec.done("changed" if planned else "ok", "; ".join(a.line() for a in planned))
-    return {"images": [r.as_dict() for r in results]}
 
 
 def describe_source(spec: Spec) -> str:

@@ -44,12 +44,12 @@ from laconic_helm.containerd import (
 )
 from laconic_helm.errors import ImageLoadError, UserError
 from laconic_helm.images import LocalImage, containerd_name
-from laconic_helm.kube import Kube, SecretData
 from laconic_helm.output import human_bytes
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
+    from laconic_helm.kube import Kube, SecretData
     from laconic_helm.output import Reporter
     from laconic_helm.spec import Spec
 
@@ -634,6 +634,8 @@ def pull_secret(target: Where, namespace: str, config: bytes | None = None) -> S
     """The imagePullSecret of an external registry: `config` (the credentials Secret's
     `.dockerconfigjson`), else this host's Docker login for it; None when there is neither (the
     local registry and anonymous pulls need none)."""
+    from laconic_helm.kube import SecretData  # the Kubernetes client: only where it is used
+
     if target.local:
         return None
     if config is None:

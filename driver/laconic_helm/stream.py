@@ -1,6 +1,10 @@
-"""Stream mode: one `docker save` of every image some node lacks streams (no temp file) into
-each such node's `ctr images import`, as an OCI layout that leaves out the layer blobs the node
+"""Stream mode: `docker save` of every image some node lacks streams (no temp file) into each
+such node's `ctr images import`, as an OCI layout that leaves out the layer blobs the node
 already has (see `archive`).
+
+Images that share no layer are saved apart, one `docker save` after another, each started once
+the one before has begun to write: a Docker before 25 exports every layer it was asked for to
+disk before its first byte, so the next export then overlaps this stream's import.
 
 Layer blobs sent during a load are marked as GC roots while it runs, so a killed load keeps
 what reached the node and the next run sends only the rest; the marks go once every image is
@@ -114,6 +118,54 @@ async def _collect(stream: asyncio.StreamReader | None) -> bytes:
 
 
 @dataclass
+class _Save:
+    """One `docker save` of a group of images, read through a pipe."""
+
+    process: asyncio.subprocess.Process
+    reader: TarReader
+    errors: asyncio.Task[bytes]
+
+    @classmethod
+    async def start(cls, archive: ArchiveSource, refs: Sequence[str]) -> _Save:
+        read_fd, write_fd = open_pipe()
+        try:
+            process = await archive(refs, write_fd)
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
+        return cls(process, TarReader(read_fd), asyncio.create_task(_collect(process.stderr)))
+
+    async def relay(self, relay: Relay, importers: Sequence[_Importer]) -> None:
+        """Relays this archive to the importers; raises for a failed save or importer."""
+        try:
+            await relay.read(self.reader)
+        except BrokenPipeError as exc:
+            stopped = [i for i in importers if i.process.returncode is not None]
+            raise await (stopped or importers)[0].failure() from exc
+        except TruncatedArchive:
+            if await self.process.wait() == 0:
+                raise
+        if await self.process.wait() != 0:
+            raise ImageLoadError(f"docker save failed: {tail(await self.errors)}")
+
+
+def save_groups(images: Sequence[LocalImage]) -> list[list[LocalImage]]:
+    """Splits the images into groups that share no layer, in request order: each group is one
+    `docker save` (saved apart, a shared layer would be exported twice)."""
+    groups: list[tuple[set[str], list[LocalImage]]] = []
+    for image in images:
+        layers = {image.id, *image.diff_ids}
+        joined = [g for g in groups if g[0] & layers]
+        groups = [g for g in groups if not g[0] & layers]
+        members = [i for _, group in joined for i in group] + [image]
+        groups.append((layers.union(*(keys for keys, _ in joined)), members))
+    ordered = [sorted(members, key=images.index) for _, members in groups]
+    return sorted(ordered, key=lambda members: images.index(members[0]))
+
+
+@dataclass
 class _Importer:
     """One node's `ctr images import`, fed through a pipe this process writes."""
 
@@ -155,7 +207,7 @@ async def load(
     reporter: Reporter,
     archive: ArchiveSource,
 ) -> dict[str, int]:
-    """Streams one archive of every image some node lacks into those nodes' importers.
+    """Streams the archives of every image some node lacks into those nodes' importers.
 
     Returns the bytes sent per image reference.
     """
@@ -163,16 +215,8 @@ async def load(
     wanted: dict[str, list[LocalImage]] = {}
     for action in loads:
         wanted.setdefault(action.node, []).append(action.image)
-    read_fd, write_fd = open_pipe()
-    try:
-        save = await archive([i.ref for i in images], write_fd)
-    except BaseException:
-        os.close(read_fd)
-        raise
-    finally:
-        os.close(write_fd)
-    source = TarReader(read_fd)
-    save_errors = asyncio.create_task(_collect(save.stderr))
+    groups = save_groups(images)
+    saves = [await _Save.start(archive, [i.ref for i in groups[0]])]  # before the importers
     importers: list[_Importer] = []
     try:
         started = await asyncio.gather(
@@ -201,16 +245,11 @@ async def load(
                 on_bytes=on_bytes,
                 on_blob=lambda target, digest, size: holds[target.node].add(digest, size),
             )
-            try:
-                await relay.read(source)
-            except BrokenPipeError as exc:
-                stopped = [i for i in importers if i.process.returncode is not None]
-                raise await (stopped or importers)[0].failure() from exc
-            except TruncatedArchive:
-                if await save.wait() == 0:
-                    raise
-            if await save.wait() != 0:
-                raise ImageLoadError(f"docker save failed: {tail(await save_errors)}")
+            for index in range(len(groups)):
+                if index + 1 < len(groups):  # once this export is done, the next one starts
+                    await saves[index].reader.started()
+                    saves.append(await _Save.start(archive, [i.ref for i in groups[index + 1]]))
+                await saves[index].relay(relay, importers)
             await relay.finish()
         for importer in importers:
             if await importer.process.wait() != 0:
@@ -218,11 +257,13 @@ async def load(
         return _attribute(images, targets)
     except BaseException:
         await asyncio.gather(
-            proc.stop(save, grace=2), *(proc.stop(i.process, grace=2) for i in importers)
+            *(proc.stop(s.process, grace=2) for s in saves),
+            *(proc.stop(i.process, grace=2) for i in importers),
         )
         raise
     finally:
-        source.close()
+        for save in saves:
+            save.reader.close()
         for importer in importers:
             importer.writer.pipe.close()
             await importer.holds.stop()

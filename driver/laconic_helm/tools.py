@@ -9,7 +9,7 @@ import re
 import tarfile
 from dataclasses import dataclass, replace
 
-from laconic_helm import host, proc
+from laconic_helm import proc
 from laconic_helm.errors import CommandError, ToolMissingError
 
 SUPPORTED_HELM_MAJORS = (3, 4)
@@ -156,6 +156,10 @@ async def check_kubectl() -> ToolStatus:
 def host_statuses() -> list[ToolStatus]:
     """The host settings an agave rpc or validator node needs, and the cgroup version, as
     optional lines: doctor has no spec, so a short setting is information, never a failure."""
+    # Here, not at the top: every docker call imports this module for `tool_path`, and host
+    # imports the spec models (pydantic), which `images load` would pay at start-up for nothing.
+    from laconic_helm import host
+
     proc_root = host.proc_root()
     settings = [*host.agave_settings(proc_root), host.cgroup_setting(proc_root, None)]
     return [ToolStatus(s.name, False, s.ok is True, s.value, s.detail()) for s in settings]
