@@ -31,7 +31,6 @@ Imported by images.py, which puts the repository and the driver on sys.path.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -51,11 +50,6 @@ from laconic_helm import registry
 from laconic_helm.images import LocalImage, containerd_name
 
 MODES = ("stream", "registry")
-CONTAINERD_CONFIG = (
-    b"version = 2\n"
-    b'[plugins."io.containerd.grpc.v1.cri".registry]\n'
-    b'  config_path = "/etc/containerd/certs.d"\n'
-)
 
 
 @dataclass
@@ -98,11 +92,7 @@ class Bench:
         """A fresh stand-in cluster on the run's network, its nodes' containerd ready."""
         bench.settle()
         name = f"bench-{role}-{uuid.uuid4().hex[:6]}"
-        files = {"/etc/containerd/config.toml": CONTAINERD_CONFIG}
-        specs = [
-            dataclasses.replace(s, network=self.network, files=files)
-            for s in nodes.node_specs(name, workers)
-        ]
+        specs = nodes.registry_node_specs(name, self.network, workers)
         self.clusters[name] = free_port()
         return name, nodes.create_cluster(name, specs)
 
