@@ -35,7 +35,7 @@ is shared: the load average is printed with the results.
 
     python benchmarks/images.py                 # every shape at full size (needs ~25 GB disk)
     python benchmarks/images.py --shapes S,L --base-mib 200 --top-mib 20 --big-mib 300  # quick
-    python benchmarks/images.py --kind --base-mib 600 --top-mib 60 --unique-mib 200  # real kind
+    python benchmarks/images.py --kind --shapes S,U --base-mib 600 --top-mib 60  # real kind
     python benchmarks/images.py --modes stream,registry   # the loader's two modes (modes.py)
 """
 
