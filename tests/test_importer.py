@@ -155,6 +155,8 @@ def test_releases_are_caddy_with_laconic_names_then_agave_in_the_app_namespace(
         assert all(not Path(f).is_absolute() for f in release["valuesFiles"])
     assert spec.images == ("laconicnetwork/agave:local",)
     assert agave.images == spec.images
+    # laconic-so put the image straight into the node: streaming keeps its name there.
+    assert spec.delivery_mode == "stream"
 
 
 @pytest.mark.unit
