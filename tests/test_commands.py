@@ -194,16 +194,6 @@ def _planned(deployment: Deployment) -> list[str]:
     return list(report["actions"])
 
 
-def _taken(report: dict[str, Any]) -> list[str]:
-    """The actions the deploy reports taking, in order (an up-to-date release is no action)."""
-    return [
-        line
-        for step in report["steps"]
-        for line in step["data"].get("actions", [])
-        if ": up-to-date " not in line
-    ]
-
-
 def test_plan_lists_exactly_the_actions_the_next_deploy_takes(
     deployment: Deployment, kind_cli: KindCLI, tmp_path: Path
 ) -> None:
@@ -242,7 +232,7 @@ def test_plan_lists_exactly_the_actions_the_next_deploy_takes(
             planned = _planned(deployment)
             code, report, err = deployment.run("deploy")
             assert code == 0, f"{state}: {err}"
-            assert _taken(report) == planned, state
+            assert d.actions_taken(report) == planned, state
             seen[state] = planned
     verbs = {line.split(": ", 1)[1].split()[0] for lines in seen.values() for line in lines}
     assert seen["converged"] == []

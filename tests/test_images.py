@@ -335,7 +335,7 @@ def test_images_sharing_no_layer_go_in_separate_saves_in_request_order() -> None
     ],
 )  # fmt: skip
 def test_snapshotter_from_config_dump(dump: str, snapshotter: str) -> None:
-    assert containerd._snapshotter(dump) == snapshotter
+    assert containerd.parse_config(dump).snapshotter == snapshotter
 
 
 # --- real docker and containerd -------------------------------------------------------------

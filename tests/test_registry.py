@@ -425,15 +425,6 @@ def _pod_images(kind_cli: KindCLI, cluster: str, namespace: str) -> set[str]:
     return {c["image"] for p in pods for c in p["spec"]["containers"]}
 
 
-def _actions(report: dict[str, Any]) -> list[str]:
-    return [
-        line
-        for step in report["steps"]
-        for line in step["data"].get("actions", [])
-        if ": up-to-date " not in line
-    ]
-
-
 @pytest.mark.parametrize("kind_cli", ["standin"], indirect=True)
 def test_deploy_in_registry_mode_runs_the_releases_from_the_pushed_digests(
     kind_cli: KindCLI, helm_bin: str, tmp_path: Path
@@ -456,7 +447,7 @@ def test_deploy_in_registry_mode_runs_the_releases_from_the_pushed_digests(
                 assert planned.code == 0, f"{planned.error}\n{planned.stderr}"
                 first = run.run("deploy")
                 assert first.code == 0, f"{first.error}\n{first.stderr}"
-                taken = _actions(first.report)
+                taken = d.actions_taken(first.report)
                 assert [a.split(" (")[0] for a in taken] == [
                     a.split(" (")[0] for a in planned.report["actions"]
                 ]
@@ -476,10 +467,10 @@ def test_deploy_in_registry_mode_runs_the_releases_from_the_pushed_digests(
                 rebuilt = run.run("deploy")
                 assert rebuilt.code == 0, rebuilt.stderr
                 # Each line as planned; only the new release digest was unknown before the push.
-                assert [a.split(" (")[0] for a in _actions(rebuilt.report)] == [
+                assert [a.split(" (")[0] for a in d.actions_taken(rebuilt.report)] == [
                     a.split(" (")[0] for a in planned
                 ]
-                taken = [a for a in _actions(rebuilt.report) if "upgrade-release" not in a]
+                taken = [a for a in d.actions_taken(rebuilt.report) if "upgrade-release" not in a]
                 assert taken == [a for a in planned if "upgrade-release" not in a]
                 verbs = sorted({line.split(": ", 1)[1].split()[0] for line in planned})
                 assert verbs == ["pull-image", "push-image", "upgrade-release"], planned
@@ -589,7 +580,7 @@ def test_existing_cluster_pulls_from_an_external_registry_with_the_operators_cre
         d.write_spec(tmp_path, doc)
         copied = run.run("deploy")
         assert copied.code == 0, copied.stderr
-        assert [a.split(" (")[0] for a in _actions(copied.report)] == [
+        assert [a.split(" (")[0] for a in d.actions_taken(copied.report)] == [
             f"release/node: apply-secret {namespace}/{registry.PULL_SECRET}"
         ]
         pull = _secret(kube_api, namespace, registry.PULL_SECRET)

@@ -112,17 +112,6 @@ async def ctr(node: str, *args: str, check: bool = True) -> proc.Completed:
     return await docker.run("exec", node, "ctr", "-n", NAMESPACE, *args, check=check)
 
 
-def _snapshotter(config_dump: str) -> str:
-    """The CRI snapshotter from `containerd config dump` (config versions 2 and 3)."""
-    try:
-        plugins = tomllib.loads(config_dump).get("plugins", {})
-    except tomllib.TOMLDecodeError:
-        return DEFAULT_SNAPSHOTTER
-    v3 = plugins.get("io.containerd.cri.v1.images", {}).get("snapshotter")
-    v2 = plugins.get("io.containerd.grpc.v1.cri", {}).get("containerd", {}).get("snapshotter")
-    return str(v3 or v2 or DEFAULT_SNAPSHOTTER)
-
-
 async def get_node_state(node: str) -> NodeState:
     """Reads the node's images and content; raises UserError when its containerd does not answer."""
     images, content = await asyncio.gather(
@@ -141,24 +130,32 @@ async def get_node_state(node: str) -> NodeState:
     return NodeState(node, names, blobs)
 
 
-async def get_snapshotter(node: str) -> str:
-    """The snapshotter kubelet's containerd unpacks images with (kind reads it the same way)."""
-    done = await docker.run("exec", node, "containerd", "config", "dump", check=False)
-    return _snapshotter(done.text) if done.returncode == 0 else DEFAULT_SNAPSHOTTER
+@dataclass(frozen=True)
+class CriConfig:
+    """What image handling needs from a node's CRI config (containerd config versions 2, 3)."""
+
+    snapshotter: str = DEFAULT_SNAPSHOTTER  # the one kubelet's containerd unpacks images with
+    hosts_dir: str = ""  # where it reads per-registry host config; "" when it reads none
 
 
-def _hosts_dir(config_dump: str) -> str:
-    """The CRI's registry `config_path` from `containerd config dump` ("" when unset)."""
+def parse_config(config_dump: str) -> CriConfig:
+    """The CriConfig of `containerd config dump` output (defaults when it cannot be read)."""
     try:
         plugins = tomllib.loads(config_dump).get("plugins", {})
     except tomllib.TOMLDecodeError:
-        return ""
-    v3 = plugins.get("io.containerd.cri.v1.images", {}).get("registry", {})
-    v2 = plugins.get("io.containerd.grpc.v1.cri", {}).get("registry", {})
-    return str(v3.get("config_path") or v2.get("config_path") or "")
+        return CriConfig()
+    v3 = plugins.get("io.containerd.cri.v1.images", {})
+    v2 = plugins.get("io.containerd.grpc.v1.cri", {})
+    snapshotter = v3.get("snapshotter") or v2.get("containerd", {}).get("snapshotter")
+    hosts = v3.get("registry", {}).get("config_path") or v2.get("registry", {}).get("config_path")
+    return CriConfig(str(snapshotter or DEFAULT_SNAPSHOTTER), str(hosts or ""))
 
 
-async def get_hosts_dir(node: str) -> str:
-    """Where the node's containerd reads per-registry host config; "" when it reads none."""
+async def get_config(node: str) -> CriConfig:
+    """The node's CRI config as its containerd reads it (kind reads the snapshotter so too)."""
     done = await docker.run("exec", node, "containerd", "config", "dump", check=False)
-    return _hosts_dir(done.text) if done.returncode == 0 else ""
+    return parse_config(done.text) if done.returncode == 0 else CriConfig()
+
+
+async def get_snapshotter(node: str) -> str:
+    return (await get_config(node)).snapshotter

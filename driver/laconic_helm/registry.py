@@ -38,7 +38,7 @@ from laconic_helm.containerd import (
     CERTS_DIR,
     NAMESPACE,
     NodeState,
-    get_hosts_dir,
+    get_config,
     get_snapshotter,
     tail,
 )
@@ -249,8 +249,8 @@ async def registry_digest(target: Where, image: LocalImage, running: bool) -> st
 async def _not_reading_hosts(nodes: Sequence[str]) -> list[str]:
     """The nodes whose containerd reads no per-registry host config from CERTS_DIR: those of a
     cluster made before registry mode (the setting is fixed when a node is made)."""
-    found = await asyncio.gather(*map(get_hosts_dir, nodes))
-    return [node for node, hosts_dir in zip(nodes, found, strict=True) if hosts_dir != CERTS_DIR]
+    found = await asyncio.gather(*map(get_config, nodes))
+    return [node for node, cri in zip(nodes, found, strict=True) if cri.hosts_dir != CERTS_DIR]
 
 
 async def reads_hosts(nodes: Sequence[str]) -> bool:
@@ -548,9 +548,9 @@ async def _bytes_of(target: Where, image: LocalImage, digest: str, sent: set[str
     )
 
 
-async def pull(node: str, reference: str) -> None:
-    """Pulls `reference` into the node's kubelet namespace through the registry host config."""
-    snapshotter = await get_snapshotter(node)
+async def pull(node: str, reference: str, snapshotter: str) -> None:
+    """Pulls `reference` into the node's kubelet namespace through the registry host config,
+    unpacked for `snapshotter` (the one kubelet's containerd uses)."""
     done = await docker.run(
         "exec", node, "ctr", "-n", NAMESPACE, "images", "pull",
         "--hosts-dir", CERTS_DIR, "--snapshotter", snapshotter, reference,
@@ -588,6 +588,7 @@ async def apply(
         if a.verb == "pull-image":
             pulls.setdefault(a.target, []).append(a.detail.removeprefix("into "))
     results = []
+    snapshotters: dict[str, str] = {}  # read once per node, whatever the number of images
     for image in images:
         digest = digests[image.ref]
         assert digest is not None  # pushed above when it was not there
@@ -598,9 +599,12 @@ async def apply(
             if n in pulls.get(image.ref, []) or not state.holds(pulled)
         )  # fmt: skip
         if nodes:
+            unread = [n for n in nodes if n not in snapshotters]
+            found = await asyncio.gather(*map(get_snapshotter, unread))
+            snapshotters.update(zip(unread, found, strict=True))
             line = f"pulling {ref} into {', '.join(nodes)}"
             async with _ticking(reporter, lambda line=line: line):
-                await asyncio.gather(*(pull(n, ref) for n in nodes))
+                await asyncio.gather(*(pull(n, ref, snapshotters[n]) for n in nodes))
         results.append(
             Pushed(
                 image.ref,

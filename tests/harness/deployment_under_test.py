@@ -489,3 +489,13 @@ def kubelet_for(cluster: str) -> Iterator[None]:
 
     with standin.kubelets_while(poll, current, f"kubelet-{cluster}"):
         yield
+
+
+def actions_taken(report: dict[str, Any]) -> list[str]:
+    """The actions a deploy reports taking, in order (an up-to-date release is no action)."""
+    return [
+        line
+        for step in report["steps"]
+        for line in step["data"].get("actions", [])
+        if ": up-to-date " not in line
+    ]
