@@ -165,7 +165,7 @@ def chart_images(
     try:
         yield refs
     finally:
-        subprocess.run(["docker", "rmi", "-f", *refs.refs], capture_output=True, check=False)
+        imagebuild.remove_repository(repo)
 
 
 def _image_values(ref: str) -> dict[str, Any]:

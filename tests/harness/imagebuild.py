@@ -56,5 +56,24 @@ class Builder:
         return ref
 
     def remove(self) -> None:
-        if self.built:
-            subprocess.run(["docker", "rmi", "-f", *self.built], capture_output=True, check=False)
+        remove_repository(self.repo)
+
+
+def remove_repository(repo: str) -> None:
+    """Removes every tag under `repo`, the ones a registry push added (`localhost:PORT/<repo>/..`)
+    included: those keep the image otherwise, one more on the host for each test run."""
+    listed = subprocess.run(
+        ["docker", "images", "--digests", "--format", "{{.Repository}} {{.Tag}} {{.Digest}}"],
+        capture_output=True,
+        check=False,
+        text=True,
+    )
+    refs = []
+    for line in listed.stdout.splitlines():
+        repository, tag, digest = line.split()
+        if repository.startswith(f"{repo}/") or f"/{repo}/" in repository:
+            # An image whose tag moved on is left with its pushed digest alone.
+            refs += [f"{repository}:{tag}"] if tag != "<none>" else []
+            refs += [f"{repository}@{digest}"] if digest != "<none>" else []
+    if refs:
+        subprocess.run(["docker", "rmi", "-f", *refs], capture_output=True, check=False)
