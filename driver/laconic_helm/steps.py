@@ -28,13 +28,14 @@ from laconic_helm import (
     retire,
     verify,
 )
+from laconic_helm.concurrency import together
 from laconic_helm.desired import DesiredRelease, check_renders, desired_release
 from laconic_helm.errors import EXIT_BAD_INPUT, LaconicHelmError
 from laconic_helm.helm import connect as connect_helm
 from laconic_helm.kube import Kube
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Coroutine, Mapping, Sequence
+    from collections.abc import Awaitable, Mapping, Sequence
 
     from laconic_helm.actions import Action
     from laconic_helm.cluster import ClusterState
@@ -441,17 +442,6 @@ def release_desired(
 def desired_releases(spec: Spec, found: Sequence[images.LocalImage]) -> tuple[DesiredRelease, ...]:
     """Reads every release's inputs (see `release_desired`)."""
     return tuple(release_desired(spec, r, found) for r in spec.releases)
-
-
-async def together(*work: Coroutine[Any, Any, Any]) -> list[Any]:
-    """Runs reads at once; the first error stops the others before it is raised (gather would
-    leave them to asyncio.run's shutdown, where a cancelled read could wait for ever)."""
-    try:
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(w) for w in work]
-    except ExceptionGroup as failed:
-        raise failed.exceptions[0] from None
-    return [t.result() for t in tasks]
 
 
 async def _attempt(work: Awaitable[T], problems: list[LaconicHelmError] | None) -> T | None:
