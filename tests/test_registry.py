@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from click.testing import CliRunner
 
-from laconic_helm import registry
+from laconic_helm import pullsecret, registry
 from laconic_helm.cli import main
 from laconic_helm.containerd import NodeState
 from laconic_helm.images import LocalImage
@@ -123,30 +123,6 @@ def test_before_a_push_the_digest_docker_recorded_is_assumed() -> None:
         "me/app:1": f"localhost:5001/me/app@{DIGEST}",
         "me/new:2": "localhost:5001/me/new:2",
     }
-
-
-@pytest.mark.unit
-def test_pull_secret_comes_from_the_docker_login_and_stays_out_of_repr(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    auth = base64.b64encode(b"robot:s3cret-token").decode()
-    (tmp_path / "config.json").write_text(
-        json.dumps({"auths": {"https://registry.example.com": {"auth": auth}}})
-    )
-    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
-    external = registry.Where("registry.example.com/laconic")
-    secret = registry.pull_secret(external, "agave")
-    assert secret is not None
-    assert (secret.namespace, secret.name, secret.type) == (
-        "agave",
-        registry.PULL_SECRET,
-        "kubernetes.io/dockerconfigjson",
-    )
-    doc = json.loads(secret.data[".dockerconfigjson"])
-    assert doc["auths"]["registry.example.com"]["password"] == "s3cret-token"
-    assert "s3cret" not in repr(secret)
-    assert registry.pull_secret(registry.Where("other.example.com"), "agave") is None
-    assert registry.pull_secret(registry.local_target("lh", 5001, "registry:2"), "agave") is None
 
 
 @pytest.mark.unit
@@ -548,13 +524,13 @@ def test_existing_cluster_pulls_from_an_external_registry_with_the_operators_cre
         assert pushed["nodes"] == {}  # kubelet pulls: the driver does not reach the nodes
         assert external.manifest_digest(f"lh/{repository}", tag) == reference.rsplit("@", 1)[1]
 
-        pull = _secret(kube_api, namespace, registry.PULL_SECRET)
+        pull = _secret(kube_api, namespace, pullsecret.NAME)
         assert pull["type"] == "kubernetes.io/dockerconfigjson"
         auths = json.loads(base64.b64decode(pull["data"][".dockerconfigjson"]))["auths"]
         assert auths[external.host]["password"] == "login-pass-123"
         pods = kube_api.admin.get(f"/api/v1/namespaces/{namespace}/pods")["items"]
         assert {c["image"] for p in pods for c in p["spec"]["containers"]} == {reference}
-        assert all({"name": registry.PULL_SECRET} in p["spec"]["imagePullSecrets"] for p in pods)
+        assert all({"name": pullsecret.NAME} in p["spec"]["imagePullSecrets"] for p in pods)
         for text in (first.stdout, first.stderr):
             assert "login-pass-123" not in text and login not in text
 
@@ -581,9 +557,9 @@ def test_existing_cluster_pulls_from_an_external_registry_with_the_operators_cre
         copied = run.run("deploy")
         assert copied.code == 0, copied.stderr
         assert [a.split(" (")[0] for a in d.actions_taken(copied.report)] == [
-            f"release/node: apply-secret {namespace}/{registry.PULL_SECRET}"
+            f"release/node: apply-secret {namespace}/{pullsecret.NAME}"
         ]
-        pull = _secret(kube_api, namespace, registry.PULL_SECRET)
+        pull = _secret(kube_api, namespace, pullsecret.NAME)
         assert pull["data"][".dockerconfigjson"] == other.decode()
 
         doc["imageDelivery"]["external"]["credentialsSecret"]["name"] = "absent"

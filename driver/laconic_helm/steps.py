@@ -23,6 +23,7 @@ from laconic_helm import (
     containerd,
     images,
     preflight,
+    pullsecret,
     registry,
     releases,
     retire,
@@ -258,7 +259,7 @@ class RegistryStep(Step["registry.RegistrySeen | ImagesSeen"]):
         seen = await registry.observe(self.target, found, nodes, check_nodes=unchecked)
         world.pinned = registry.references(self.target, world.prepared.images, seen)
         if world.kube is not None:
-            world.pull_config = await registry.read_credentials(world.kube, self.target)
+            world.pull_config = await pullsecret.read_credentials(world.kube, self.target)
         return seen
 
     def plan(self, world: World, seen: registry.RegistrySeen | ImagesSeen) -> list[Action]:
@@ -413,8 +414,8 @@ async def local_images(spec: Spec) -> tuple[images.LocalImage, ...]:
 
 
 def _pull_config(desired: DesiredRelease) -> bytes | None:
-    found = (s for s in desired.secrets if s.name == registry.PULL_SECRET)
-    return next((s.data[registry.DOCKER_CONFIG_KEY] for s in found), None)
+    found = (s for s in desired.secrets if s.name == pullsecret.NAME)
+    return next((s.data[pullsecret.DOCKER_CONFIG_KEY] for s in found), None)
 
 
 def release_desired(
@@ -435,7 +436,7 @@ def release_desired(
     if pinned is None:
         ours = [i for i in found if i.ref in release.images]
         pinned = registry.predicted_references(target, ours)
-    secret = registry.pull_secret(target, release.namespace, pull_config)
+    secret = pullsecret.desired(target, release.namespace, pull_config)
     return desired_release(release, extras=extras, pinned=pinned, pull_secret=secret)
 
 
