@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from laconic_helm import handoff
 from laconic_helm.cluster import kindconfig
 from laconic_helm.cluster.memlock import MEMLOCK_SPEC_IN_NODE
 from tests.cluster_support import make_cluster
@@ -62,7 +63,9 @@ def test_config_carries_ports_mounts_image_and_memlock(tmp_path: Path) -> None:
         highMemlock=True,
     )
     memlock = tmp_path / "high-memlock-spec.json"
-    doc = yaml.safe_load(kindconfig.render_kind_config(spec, memlock_spec=memlock))
+    transfer = tmp_path / "transfer"
+    text = kindconfig.render_kind_config(spec, memlock_spec=memlock, transfer=transfer)
+    doc = yaml.safe_load(text)
     node = doc["nodes"][0]
     assert node["image"] == "kindest/node:v1.35.0"
     assert node["extraPortMappings"] == [
@@ -73,6 +76,9 @@ def test_config_carries_ports_mounts_image_and_memlock(tmp_path: Path) -> None:
         {"hostPath": "/srv/kind", "containerPath": "/mnt", "readOnly": False,
          "propagation": "HostToContainer"},
         {"hostPath": str(memlock), "containerPath": MEMLOCK_SPEC_IN_NODE,
+         "readOnly": True, "propagation": "None"},
+        # image streams reach the node through a FIFO there; the node only reads
+        {"hostPath": str(transfer), "containerPath": handoff.IN_NODE,
          "readOnly": True, "propagation": "None"},
     ]  # fmt: skip
     hosts, patch = doc["containerdConfigPatches"]

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 import laconic_helm
-from laconic_helm import cluster, preflight
+from laconic_helm import cluster, handoff, preflight
 from laconic_helm.cluster import ClusterResult, Record
 from laconic_helm.errors import ClusterError, UserError
 from tests.cluster_support import free_port, make_cluster, private_state, verbs
@@ -105,6 +105,10 @@ def test_create_rerun_refuse_recreate_delete(kind_cli: Any, kind_log: KindLog) -
     api = first.state.api_endpoint
     server = cluster.kubeconfig_server(kubeconfig.read_text(), f"kind-{name}")
     assert api is not None and server is not None and cluster.server_port(server) == api.host_port
+    # The node mounts the cluster's transfer folder (read-only), where image streams go.
+    transfer = asyncio.run(handoff.mounted_folder(f"{name}-control-plane"))
+    assert transfer == cluster.cluster_dir(name) / handoff.FOLDER_NAME
+    assert stat.S_IMODE(transfer.stat().st_mode) == 0o700
 
     # A re-run reads and changes nothing, and asks kind nothing: the driver's own copy of the
     # kubeconfig still reaches the API.

@@ -351,6 +351,22 @@ def cluster() -> Iterator[str]:
         nodes.delete_cluster(name)
 
 
+@pytest.fixture(params=["exec", "transfer-folder"])
+def channel_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A cluster whose node takes streams through `docker exec -i`, or through a FIFO in the
+    transfer folder it mounts (handoff.py)."""
+    name = f"lh-img-{uuid.uuid4().hex[:8]}"
+    specs = None
+    if request.param == "transfer-folder":
+        specs = nodes.transfer_node_specs(name, tmp_path / "transfer")
+        (tmp_path / "transfer").mkdir()
+    try:
+        nodes.create_cluster(name, specs)
+        yield name
+    finally:
+        nodes.delete_cluster(name)
+
+
 def _load(cluster: str, *refs: str, **kwargs: object) -> dict[str, images.ImageResult]:
     reporter = Reporter("human", stream=io.StringIO())
     results = asyncio.run(images.ensure_images(cluster, refs, reporter, **kwargs))  # type: ignore[arg-type]
@@ -548,8 +564,9 @@ def test_an_image_imported_but_not_unpacked_is_not_present(builder: Builder, clu
 
 @pytest.mark.docker
 def test_killed_load_leaves_no_image_and_the_next_run_finishes_it(
-    builder: Builder, cluster: str
+    builder: Builder, channel_cluster: str
 ) -> None:
+    cluster = channel_cluster
     layers = {f"l{i}": os.urandom(48 * MiB) for i in range(4)}
     ref = builder.build("big:1", layers)
     node = f"{cluster}-control-plane"

@@ -80,9 +80,14 @@ def _pax_records(data: bytes) -> dict[str, str]:
 def open_pipe() -> tuple[int, int]:
     """Returns (read fd, write fd) of a new pipe, enlarged so bytes move in big steps."""
     read_fd, write_fd = os.pipe()  # not inherited: only the child given one end holds it
-    with contextlib.suppress(OSError):
-        fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    enlarge_pipe(write_fd)
     return read_fd, write_fd
+
+
+def enlarge_pipe(fd: int) -> None:
+    """Gives pipe (or FIFO) `fd` a buffer of PIPE_SIZE where the system allows it."""
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
 
 
 async def _ready(fd: int, *, write: bool) -> None:

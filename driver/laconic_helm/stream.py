@@ -21,7 +21,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from laconic_helm import docker, proc
+from laconic_helm import docker, handoff, proc
 from laconic_helm.archive import (
     ArchiveImage,
     PipeWriter,
@@ -167,7 +167,8 @@ def save_groups(images: Sequence[LocalImage]) -> list[list[LocalImage]]:
 
 @dataclass
 class _Importer:
-    """One node's `ctr images import`, fed through a pipe this process writes."""
+    """One node's `ctr images import`, fed through a FIFO in the node's transfer folder, or
+    else through a pipe into `docker exec -i` (see `handoff`)."""
 
     node: str
     process: asyncio.subprocess.Process
@@ -177,20 +178,34 @@ class _Importer:
 
     @classmethod
     async def start(cls, node: str) -> _Importer:
-        snapshotter = await get_snapshotter(node)
+        snapshotter, folder = await asyncio.gather(
+            get_snapshotter(node), handoff.mounted_folder(node)
+        )
+        command = ["ctr", "-n", NAMESPACE, "images", "import", "--snapshotter", snapshotter]
+        if folder is not None:
+
+            async def read(path: str) -> asyncio.subprocess.Process:
+                return await docker.spawn(
+                    "exec", node, *command, path, stderr=asyncio.subprocess.STDOUT
+                )
+
+            opened = await handoff.open_fifo(folder, node, read)
+            if opened is not None:
+                return cls._made(node, *opened)
         read_fd, write_fd = open_pipe()
         try:
             process = await docker.spawn(
-                "exec", "-i", node, "ctr", "-n", NAMESPACE, "images", "import",
-                "--snapshotter", snapshotter, "-",
-                stdin=read_fd,
-                stderr=asyncio.subprocess.STDOUT,
-            )  # fmt: skip
+                "exec", "-i", node, *command, "-", stdin=read_fd, stderr=asyncio.subprocess.STDOUT
+            )
         except BaseException:
             os.close(write_fd)
             raise
         finally:
             os.close(read_fd)
+        return cls._made(node, process, write_fd)
+
+    @classmethod
+    def _made(cls, node: str, process: asyncio.subprocess.Process, write_fd: int) -> _Importer:
         output = asyncio.create_task(_collect(process.stdout))
         return cls(node, process, TarWriter(PipeWriter(write_fd)), output, _Holds(node))
 

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from laconic_helm import handoff
 from tests.harness import waits
 
 CLUSTER_LABEL = "io.x-k8s.kind.cluster"
@@ -145,6 +146,13 @@ def registry_node_specs(cluster: str, network: str, workers: int = 0) -> list[No
         dataclasses.replace(spec, network=network, files=files)
         for spec in node_specs(cluster, workers)
     ]
+
+
+def transfer_node_specs(cluster: str, folder: Path, workers: int = 0) -> list[NodeSpec]:
+    """Nodes as the driver's kind config makes them: each mounts `folder` read-only where image
+    streams are handed over (laconic_helm.handoff)."""
+    mount = Mount(str(folder), handoff.IN_NODE, read_only=True)
+    return [dataclasses.replace(spec, mounts=(mount,)) for spec in node_specs(cluster, workers)]
 
 
 def node_specs(cluster: str, workers: int = 0) -> list[NodeSpec]:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from laconic_helm import handoff
 from laconic_helm.cluster.memlock import MEMLOCK_SPEC_IN_NODE, memlock_containerd_patch
 from laconic_helm.containerd import CERTS_DIR
 
@@ -28,12 +29,15 @@ REGISTRY_HOSTS_PATCH = (
 )
 
 
-def kind_config(cluster: Cluster, *, memlock_spec: Path | None = None) -> dict[str, Any]:
+def kind_config(
+    cluster: Cluster, *, memlock_spec: Path | None = None, transfer: Path | None = None
+) -> dict[str, Any]:
     """Returns the kind config for `cluster`: one control-plane node, keys in a fixed order.
 
     Node labels use kind's own `labels` field rather than a kubeadm patch: kubeadm v1beta4
     (Kubernetes 1.36+, kind's default node) takes kubelet flags as a list, not a map.
-    `memlock_spec` is the host file mounted as the high-memlock runtime's base spec.
+    `memlock_spec` is the host file mounted as the high-memlock runtime's base spec; `transfer`
+    the host folder image streams reach the node through (see `handoff`).
     """
     node: dict[str, Any] = {"role": "control-plane"}
     if cluster.node_image:
@@ -66,6 +70,15 @@ def kind_config(cluster: Cluster, *, memlock_spec: Path | None = None) -> dict[s
             {
                 "hostPath": str(memlock_spec),
                 "containerPath": MEMLOCK_SPEC_IN_NODE,
+                "readOnly": True,
+                "propagation": "None",
+            }
+        )
+    if transfer is not None:
+        mounts.append(
+            {
+                "hostPath": str(transfer),
+                "containerPath": handoff.IN_NODE,
                 "readOnly": True,
                 "propagation": "None",
             }
@@ -109,7 +122,9 @@ def _str_block(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 _BlockDumper.add_representer(str, _str_block)
 
 
-def render_kind_config(cluster: Cluster, *, memlock_spec: Path | None = None) -> str:
+def render_kind_config(
+    cluster: Cluster, *, memlock_spec: Path | None = None, transfer: Path | None = None
+) -> str:
     """Returns the kind config as YAML; equal specs give byte-equal text."""
-    doc = kind_config(cluster, memlock_spec=memlock_spec)
+    doc = kind_config(cluster, memlock_spec=memlock_spec, transfer=transfer)
     return yaml.dump(doc, Dumper=_BlockDumper, sort_keys=False, default_flow_style=False)

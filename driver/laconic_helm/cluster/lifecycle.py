@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from laconic_helm import docker, paths, proc
+from laconic_helm import docker, handoff, paths, proc
 from laconic_helm.actions import Action
 from laconic_helm.cluster.access import ClusterAccess, ensure_kubeconfig
 from laconic_helm.cluster.kindconfig import patches_digest, render_kind_config
@@ -62,7 +62,9 @@ async def _kind_create(cluster: Cluster) -> None:
     """Writes the config and the record (status creating), runs `kind create`, completes it."""
     folder = cluster_dir(cluster.name)
     memlock = write_memlock_spec(cluster.name) if cluster.high_memlock else None
-    text = render_kind_config(cluster, memlock_spec=memlock)
+    transfer = folder / handoff.FOLDER_NAME
+    paths.private_dir(transfer)
+    text = render_kind_config(cluster, memlock_spec=memlock, transfer=transfer)
     config = folder / "kind-config.yaml"
     paths.write_private(config, text.encode())
     digest = hashlib.sha256(text.encode()).hexdigest()
