@@ -130,9 +130,30 @@ def build(ref: str, files: dict[str, int], work: Path, base: str | None = None) 
     return ref
 
 
+@dataclass
+class Channel:
+    """How the loader's streams enter a node: `root` holds each cluster's transfer folder,
+    mounted as the driver's kind config mounts it (handoff.py); None leaves nodes without one,
+    so streams go through `docker exec -i` (kind's way uses exec either way)."""
+
+    root: Path | None = None
+
+    def folder(self, cluster: str) -> Path | None:
+        if self.root is None:
+            return None
+        folder = self.root / cluster
+        folder.mkdir(mode=0o700, parents=True)
+        return folder
+
+
+CHANNEL = Channel()  # set by main from --channel
+
+
 def fresh_node(prefix: str) -> tuple[str, str]:
     cluster = f"{prefix}-{uuid.uuid4().hex[:6]}"
-    (node,) = nodes.create_cluster(cluster)
+    folder = CHANNEL.folder(cluster)
+    specs = nodes.transfer_node_specs(cluster, folder) if folder else None
+    (node,) = nodes.create_cluster(cluster, specs)
     return cluster, node
 
 
@@ -319,7 +340,8 @@ def kind_create(cluster: str, kubeconfig: Path) -> None:
     """A real kind cluster as the tests make one (the node image built here, this host's
     patches, rendered by the driver from a spec), Ready before any load is timed."""
     config = kindcluster.render_kind_config(
-        Cluster.model_validate(realkind.cluster_fields(name=cluster))
+        Cluster.model_validate(realkind.cluster_fields(name=cluster)),
+        transfer=CHANNEL.folder(cluster),
     )
     argv = ["kind", "create", "cluster", "--name", cluster, "--config", "-"]
     argv += ["--kubeconfig", str(kubeconfig), "--wait", "300s"]
@@ -606,6 +628,13 @@ def main() -> None:
     parser.add_argument(
         "--modes", default="", help="compare loader modes instead (stream,registry): modes.py"
     )
+    parser.add_argument(
+        "--channel",
+        choices=("transfer-folder", "exec"),
+        default="transfer-folder",
+        help="how streams enter the loader's nodes: a FIFO in a mounted folder, as on the "
+        "clusters the driver creates, or docker exec's stdin, as on older ones",
+    )
     args = parser.parse_args()
     if args.modes and args.kind:
         parser.error("--modes runs on stand-in nodes only, not with --kind")
@@ -618,6 +647,7 @@ def main() -> None:
 
     repo = f"laconic-helm-bench/{uuid.uuid4().hex[:6]}"
     work = Path(tempfile.mkdtemp(prefix="laconic-helm-bench-"))
+    CHANNEL.root = work / "transfer" if args.channel == "transfer-folder" else None
     clusters: list[str] = []
     rows: list[Row] = []
     sets: list[ImageSet] = []
@@ -629,7 +659,7 @@ def main() -> None:
         for x in sets:
             print(f"set {x.name}: {x.shape}, {x.total / MiB:.0f} MiB distinct", file=sys.stderr)
         if args.modes:
-            rows += modes.run(sets, work, modes.parse(args.modes), args.repeats)
+            rows += modes.run(sets, work, modes.parse(args.modes), args.repeats, CHANNEL)
         elif args.kind:
             rows += run_kind(sets, work, clusters, args.repeats, args.c_runs, load)
         else:
@@ -663,7 +693,8 @@ def main() -> None:
     for x in sets:
         print(f"set {x.name}: {x.shape}, {x.total / MiB:.0f} MiB distinct")
     print(
-        f"loader mode {args.loader}; {os.cpu_count()} cores; load average at the end {_load()};"
+        f"loader mode {args.loader}, streams through {args.channel};"
+        f" {os.cpu_count()} cores; load average at the end {_load()};"
         f" the run took {time.monotonic() - started:.0f} s."
     )
 

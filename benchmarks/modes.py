@@ -70,8 +70,9 @@ def parse(value: str) -> list[str]:
 class Bench:
     """The run's docker network, clusters and registries, and the loader in either mode."""
 
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, channel: bench.Channel) -> None:
         self.work = work
+        self.channel = channel
         self.network = f"bench-{os.getpid()}-{uuid.uuid4().hex[:4]}"
         self.clusters: dict[str, int] = {}  # cluster -> its registry's port
         self.registry_image = ""
@@ -92,7 +93,7 @@ class Bench:
         """A fresh stand-in cluster on the run's network, its nodes' containerd ready."""
         bench.settle()
         name = f"bench-{role}-{uuid.uuid4().hex[:6]}"
-        specs = nodes.registry_node_specs(name, self.network, workers)
+        specs = nodes.registry_node_specs(name, self.network, workers, self.channel.folder(name))
         self.clusters[name] = free_port()
         return name, nodes.create_cluster(name, specs)
 
@@ -157,10 +158,12 @@ def received(members: list[str]) -> int:
     return total
 
 
-def run(sets: list[ImageSet], work: Path, modes: list[str], repeats: int) -> list[ModeRow]:
+def run(
+    sets: list[ImageSet], work: Path, modes: list[str], repeats: int, channel: bench.Channel
+) -> list[ModeRow]:
     """Every step for every set in each of `modes`; removes what it made."""
     rows: list[ModeRow] = []
-    with Bench(work) as b:
+    with Bench(work, channel) as b:
         for s in sets:
             rows += run_set(b, s, modes, repeats)
     return rows

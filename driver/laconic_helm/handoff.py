@@ -90,7 +90,12 @@ async def open_fifo(
         fd = await _open_writer(path, reader)
         if fd is None:
             await proc.stop(reader, grace=2)
-            log.info("node %s does not read the transfer folder: streaming through exec", node)
+            said = await reader.stdout.read() if reader.stdout is not None else b""
+            log.info(
+                "node %s does not read the transfer folder (%s): streaming through exec",
+                node,
+                said.decode(errors="replace").strip()[-200:] or "no FIFO opened in time",
+            )
             return None
         return reader, fd
     finally:

@@ -138,13 +138,20 @@ REGISTRY_HOSTS_CONFIG = (
 )
 
 
-def registry_node_specs(cluster: str, network: str, workers: int = 0) -> list[NodeSpec]:
+def registry_node_specs(
+    cluster: str, network: str, workers: int = 0, transfer: Path | None = None
+) -> list[NodeSpec]:
     """Nodes as kind makes them for registry mode: on a user-defined network (so a registry
-    container is found by name), their containerd reading /etc/containerd/certs.d."""
+    container is found by name), their containerd reading /etc/containerd/certs.d; with
+    `transfer`, mounting it as `transfer_node_specs` does."""
     files = {"/etc/containerd/config.toml": REGISTRY_HOSTS_CONFIG}
     return [
         dataclasses.replace(spec, network=network, files=files)
-        for spec in node_specs(cluster, workers)
+        for spec in (
+            transfer_node_specs(cluster, transfer, workers)
+            if transfer
+            else node_specs(cluster, workers)
+        )
     ]
 
 
