@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 import yaml
 
+from laconic_helm import handoff
 from tests.harness import e2e, laconic_so, nodes, realkind, registry
 from tests.harness.client import Client
 from tests.harness.deployment_under_test import Deployment, Run, keypair_bytes, release_secrets
@@ -571,10 +572,14 @@ def test_the_real_solana_test_validator_serves_in_test_mode(node: e2e.Node, tmp_
         "no real agave image: scripts/provision-kind test_images makes it once agave is built"
     )
     load = subprocess.run(
-        [sys.executable, "-m", "laconic_helm", "images", "load", "--cluster", node.cluster, real],
+        [sys.executable, "-m", "laconic_helm", "-v", "images", "load", "--cluster", node.cluster,
+         real],
         env=node.env, capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert load.returncode == 0, load.stderr
+    # The driver made this kind cluster: its node reads the stream from a FIFO it mounts.
+    assert re.search(rf"images import --snapshotter \S+ {handoff.IN_NODE}/", load.stderr)
+    assert "exec -i" not in load.stderr
     image, tag = e2e.repo_tag(real)
     busybox, busybox_tag = e2e.repo_tag(realkind.test_images()["busybox"])
     values = {
