@@ -63,6 +63,7 @@ import modes  # noqa: E402
 from tests.harness import imagebuild, nodes, realkind  # noqa: E402
 
 from laconic_helm import cluster as kindcluster  # noqa: E402
+from laconic_helm import handoff  # noqa: E402
 from laconic_helm.spec import Cluster  # noqa: E402
 
 MiB = 1 << 20
@@ -226,27 +227,35 @@ def _peak_rss(pid: int) -> int:
 
 
 def _fed(pid: int) -> int:
-    """Bytes the loader's importer children (`docker exec -i ... import`) have read so far.
+    """Bytes the loader's importers have read so far: its children `docker exec -i ... import`,
+    and the `ctr import` processes in the nodes that read its FIFOs (handoff.py; named with its
+    process ID, and seen in this host's /proc).
 
-    The loader splices layer bytes, which its own I/O counters do not see; the importer's
-    client reads them with read(2), which they do.
+    The loader splices layer bytes, which its own I/O counters do not see; the importers read
+    them with read(2), which theirs do.
     """
+    kids = {kid.decode() for children in Path(f"/proc/{pid}/task").glob("*/children")
+            for kid in _read(children).split()}  # fmt: skip
+    fifo = f"{handoff.IN_NODE}/{pid}-".encode()
     total = 0
-    for children in Path(f"/proc/{pid}/task").glob("*/children"):
-        try:
-            kids = children.read_text().split()
-        except OSError:
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
             continue
-        for kid in kids:
-            try:
-                if b"import" not in Path(f"/proc/{kid}/cmdline").read_bytes():
-                    continue
-                for line in Path(f"/proc/{kid}/io").read_text().splitlines():
-                    if line.startswith("rchar:"):
-                        total += int(line.split()[1])
-            except OSError:
-                continue
+        cmdline = _read(proc / "cmdline")
+        if b"import" not in cmdline or (proc.name not in kids and fifo not in cmdline):
+            continue
+        for line in _read(proc / "io").decode().splitlines():
+            if line.startswith("rchar:"):
+                total += int(line.split()[1])
     return total
+
+
+def _read(path: Path) -> bytes:
+    """A /proc file's content, empty when the process has gone."""
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
 
 
 def image_bytes(refs: list[str]) -> int:
