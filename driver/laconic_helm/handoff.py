@@ -1,13 +1,14 @@
 """A kind node's short way in for a stream: a FIFO in a host folder the node mounts.
 
 Bytes written to `docker exec -i`'s stdin cross the docker CLI, the daemon and the container's
-shim before `ctr` reads them, a copy in user space at each; on this project's 2-core test host,
-under load, that path moved 512 MiB into `ctr import` in 1.6x the time a FIFO did. Every node the
-driver creates mounts its cluster's transfer folder, read-only, at IN_NODE; `ctr import` is given
-the path of a FIFO made there, and this process writes the FIFO. A node without the mount (a
-cluster made by an older version, or by someone else), or one whose `ctr` cannot open the FIFO
-(the folder was made again after the node mounted it; a daemon on another machine), is streamed
-to through exec's stdin as before.
+shim before `ctr` reads them, a copy in user space at each, on the cores `docker save` and the
+import need (a first load of one 1 GiB layer: 1.19x kind's own way through exec, 0.98-1.02x
+through the FIFO; benchmarks/README.md). Every node the driver creates mounts its cluster's
+transfer folder, read-only, at IN_NODE; `ctr import` is given the path of a FIFO made there,
+and this process writes the FIFO. A node without the mount (a cluster made by an older
+version, or by someone else), or one whose `ctr` cannot open the FIFO (the folder was made
+again after the node mounted it; a daemon on another machine), is streamed to through exec's
+stdin as before.
 """
 
 from __future__ import annotations
