@@ -3,10 +3,11 @@
 Nothing in the driver knows it is being tested: a point is recognised by what an operator could
 see too. The driver's step lines on stderr mark the step boundaries; its child processes (read
 from /proc) mark `kind create`, `docker save`, each `ctr import` and each helm command; the bytes
-an importer has read from its pipe (/proc/<pid>/io) mark how far an image stream has got; the
-cluster's API (release records, objects) and docker (node containers) mark the rest. When the
-trigger holds, the signal goes to the driver (SIGINT, SIGTERM, SIGKILL) or to its helm child
-alone (SIGKILL), exactly as Ctrl-C, ansible's timeout, the OOM killer or a crash would deliver it.
+an importer has read (/proc/<pid>/io, of `ctr` in the node for a FIFO) mark how far an image
+stream has got; the cluster's API (release records, objects) and docker (node containers) mark
+the rest. When the trigger holds, the signal goes to the driver (SIGINT, SIGTERM, SIGKILL) or
+to its helm child alone (SIGKILL), exactly as Ctrl-C, ansible's timeout, the OOM killer or a
+crash would deliver it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from laconic_helm import handoff
 from tests.harness.client import Client
 
 SIGNALS = ("SIGINT", "SIGTERM", "SIGKILL", "SIGKILL-helm")
@@ -269,13 +271,40 @@ def child_ended(*words: str, before_line: str) -> Trigger:
 
 
 def streamed(fraction: float, total: int) -> Trigger:
-    """Once the node's `ctr import` client has read `fraction` of the `total` image bytes."""
+    """Once a node's `ctr import` has read `fraction` of the `total` image bytes: the driver's
+    `docker exec -i` child reads them from its stdin pipe; a stream handed over through a FIFO
+    in the node's transfer folder (laconic_helm.handoff) is read by `ctr` in the node itself."""
 
     def check(probe: Probe) -> bool:
-        importers = [c for c in probe.run.children() if c.has("ctr", "import")]
-        return any(c.bytes_read() >= fraction * total for c in importers)
+        readers = []
+        for child in probe.run.children():
+            if not child.has("ctr", "import"):
+                continue
+            fifo = child.argv[-1]
+            if not fifo.startswith(handoff.IN_NODE):
+                readers.append(child)
+            elif (reader := probe.memory.get(fifo)) or (reader := fifo_reader(fifo, child.pid)):
+                probe.memory[fifo] = reader
+                readers.append(reader)
+        return any(r.bytes_read() >= fraction * total for r in readers)
 
     return check
+
+
+def fifo_reader(path: str, exclude: int) -> Child | None:
+    """The process, other than `exclude`, whose arguments name FIFO `path`: `ctr import` in a
+    node (containers' processes are in this host's /proc too). A scan of /proc, so it is made
+    once per stream."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == exclude:
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if path.encode() in argv:
+            return Child(int(entry.name), tuple(a.decode(errors="replace") for a in argv if a))
+    return None
 
 
 def file_holds(path: Path, text: Callable[[Probe], str]) -> Trigger:
